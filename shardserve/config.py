@@ -1,0 +1,243 @@
+"""Every configuration field, defined once.
+
+The CLI is generated from these fields (see ``cli.py``), the library API takes the
+same names as keyword arguments, and a shard receives a ``Config`` as its only
+instructions.  Field metadata carries what the CLI needs: help text, choices,
+whether a boolean has a ``--no-`` form, and whether the option repeats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+HTTP_BACKENDS = ("auto", "httptools", "h11")
+LOOPS = ("auto", "uvloop", "asyncio")
+LIFESPAN_MODES = ("auto", "on", "off")
+
+
+def option(
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    negatable: bool = False,
+    multiple: bool = False,
+    cli: bool = True,
+    minimum: float | None = None,
+    metavar: str | None = None,
+    flag: str | None = None,
+) -> dict[str, Any]:
+    """Metadata for one field: how the CLI presents it."""
+    return {
+        "flag": flag,
+        "help": help,
+        "choices": choices,
+        "negatable": negatable,
+        "multiple": multiple,
+        "cli": cli,
+        "minimum": minimum,
+        "metavar": metavar,
+    }
+
+
+@dataclass
+class Config:
+    # The application.
+    app: Any = field(
+        default=None,
+        metadata=option("ASGI application as 'module:attribute', or the app object.", cli=False),
+    )
+    factory: bool = field(
+        default=False,
+        metadata=option("Treat APP as a factory: call it with no arguments to get the app."),
+    )
+    app_dir: str = field(
+        default="",
+        metadata=option("Look for APP in this directory, by adding it to sys.path."),
+    )
+
+    # Where to listen.
+    host: str = field(default="127.0.0.1", metadata=option("Bind socket to this host."))
+    port: int = field(
+        default=8000,
+        metadata=option("Bind socket to this port; 0 picks a free port.", minimum=0),
+    )
+    uds: str | None = field(default=None, metadata=option("Bind to a UNIX domain socket."))
+    fd: int | None = field(
+        default=None, metadata=option("Serve on an inherited listening socket fd.", minimum=0)
+    )
+    backlog: int = field(
+        default=2048, metadata=option("Maximum number of queued connections.", minimum=1)
+    )
+
+    # Implementations.
+    http: str = field(
+        default="auto", metadata=option("HTTP/1.1 parser back-end.", choices=HTTP_BACKENDS)
+    )
+    loop: str = field(default="auto", metadata=option("Event loop.", choices=LOOPS))
+    lifespan: str = field(
+        default="auto", metadata=option("ASGI lifespan protocol.", choices=LIFESPAN_MODES)
+    )
+
+    # Request scope.
+    root_path: str = field(
+        default="",
+        metadata=option("Mount path of the app when served behind a path-prefixing proxy."),
+    )
+    proxy_headers: bool = field(
+        default=True,
+        metadata=option(
+            "Trust X-Forwarded-For, X-Forwarded-Proto and Forwarded from --forwarded-allow-ips.",
+            negatable=True,
+        ),
+    )
+    forwarded_allow_ips: str | None = field(
+        default=None,
+        metadata=option(
+            "Comma-separated addresses or CIDR ranges to trust proxy headers from, or '*'. "
+            "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1."
+        ),
+    )
+
+    # Response defaults.
+    server_header: bool = field(
+        default=True, metadata=option("Send a Server header.", negatable=True)
+    )
+    date_header: bool = field(default=True, metadata=option("Send a Date header.", negatable=True))
+    headers: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "A default response header as NAME:VALUE; repeat for more.",
+            multiple=True,
+            metavar="NAME:VALUE",
+            flag="header",
+        ),
+    )
+
+    # Timeouts and limits.
+    timeout_keep_alive: float = field(
+        default=5.0,
+        metadata=option("Close keep-alive connections idle for this many seconds.", minimum=0),
+    )
+    timeout_request_header: float = field(
+        default=10.0,
+        metadata=option(
+            "Close connections that take longer than this to send a request's headers.",
+            minimum=0,
+        ),
+    )
+    timeout_graceful_shutdown: float | None = field(
+        default=None,
+        metadata=option(
+            "On shutdown, wait at most this many seconds for in-flight requests.", minimum=0
+        ),
+    )
+    limit_concurrency: int | None = field(
+        default=None,
+        metadata=option(
+            "Answer 503 beyond this many concurrent connections or requests per shard.",
+            minimum=1,
+        ),
+    )
+    limit_max_requests: int | None = field(
+        default=None,
+        metadata=option("Stop a shard after it has served this many requests.", minimum=1),
+    )
+    limit_request_line: int = field(
+        default=8190,
+        metadata=option("Longest request target accepted (longer: 414).", minimum=16),
+    )
+    limit_request_fields: int = field(
+        default=100,
+        metadata=option("Most request header fields accepted (more: 431).", minimum=1),
+    )
+    limit_request_field_size: int = field(
+        default=8190,
+        metadata=option("Longest request header field accepted (longer: 431).", minimum=16),
+    )
+
+    # Logging.
+    log_level: str | None = field(
+        default=None, metadata=option("Log level (default: info).", choices=LOG_LEVELS)
+    )
+    access_log: bool = field(
+        default=True, metadata=option("Log one line per request.", negatable=True)
+    )
+    log_config: str | None = field(
+        default=None,
+        metadata=option("Logging configuration file: .json, .yaml/.yml or .ini (fileConfig)."),
+    )
+    env_file: str | None = field(
+        default=None, metadata=option("Load environment variables from this file.")
+    )
+
+    # TLS.
+    ssl_keyfile: str | None = field(default=None, metadata=option("TLS private key file."))
+    ssl_certfile: str | None = field(default=None, metadata=option("TLS certificate file."))
+    ssl_keyfile_password: str | None = field(
+        default=None, metadata=option("Password for the TLS private key.")
+    )
+    ssl_version: int = field(
+        default=int(ssl.PROTOCOL_TLS_SERVER),
+        metadata=option("TLS protocol version (see the stdlib ssl module)."),
+    )
+    ssl_cert_reqs: int = field(
+        default=int(ssl.CERT_NONE),
+        metadata=option("Whether a client certificate is required (see the stdlib ssl module)."),
+    )
+    ssl_ca_certs: str | None = field(default=None, metadata=option("CA certificates file."))
+    ssl_ciphers: str = field(default="TLSv1", metadata=option("TLS ciphers (see the ssl module)."))
+
+    # Sharding.
+    shards: int = field(
+        default=1, metadata=option("Number of shards (one event loop each).", minimum=1)
+    )
+
+    @property
+    def is_ssl(self) -> bool:
+        return bool(self.ssl_certfile)
+
+    @property
+    def trusted_proxies(self) -> str:
+        if self.forwarded_allow_ips is not None:
+            return self.forwarded_allow_ips
+        return os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+    def validate(self) -> None:
+        """Refuse combinations that cannot work, with one line each."""
+        if self.app is None:
+            raise ConfigError("no application given: pass APP as 'module:attribute'")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigError("--ssl-keyfile needs --ssl-certfile")
+        if self.uds is not None and self.fd is not None:
+            raise ConfigError("--uds and --fd cannot be combined")
+        for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "log_config", "env_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {path}: no such file")
+        if self.shards != 1:
+            raise ConfigError("--shards: only 1 shard is supported so far")
+        for header in self.headers:
+            name, sep, _ = header.partition(":")
+            if not sep or not name.strip():
+                raise ConfigError(f"--header {header!r}: expected NAME:VALUE")
+        from .shard.http.proxy import parse_trusted
+
+        try:
+            parse_trusted(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(Config) if f.metadata.get("cli", True)]

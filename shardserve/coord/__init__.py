@@ -1,0 +1,1 @@
+"""The coordinator: owns listeners, starts and supervises shards."""

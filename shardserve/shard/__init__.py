@@ -1,0 +1,1 @@
+"""Everything that runs inside one shard: its event loop, listeners and ASGI pipeline."""

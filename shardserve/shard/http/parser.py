@@ -1,0 +1,144 @@
+"""What every request-parser back-end shares: its contract, its errors and its limits.
+
+A back-end is a small push parser.  The connection protocol feeds it bytes with
+``feed(data)``; it calls back into the protocol (the *sink*):
+
+- ``sink.on_request(method, target, http_version, headers, keep_alive)`` once a
+  request head is complete (``headers`` is a list of (lower-cased name, value) bytes
+  pairs, ``method`` and ``http_version`` are str, ``target`` is the raw bytes);
+- ``sink.on_body(chunk)`` for each piece of the request body;
+- ``sink.on_request_end()`` when the request is complete.
+
+Malformed input raises ``ParseError`` carrying the status to answer with; nothing
+else escapes ``feed``.  Back-ends differ only in how they parse, never in what the
+protocol does with the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ParseError(Exception):
+    """Input that is not acceptable HTTP/1.1: answer ``status`` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on a request head, so that no client can make a shard buffer without end."""
+
+    request_line: int = 8190
+    fields: int = 100
+    field_size: int = 8190
+
+    @property
+    def head(self) -> int:
+        """Most bytes a complete head may take."""
+        return self.request_line + 16 + self.fields * (self.field_size + 4)
+
+
+class RequestSink(Protocol):
+    def on_request(
+        self,
+        method: str,
+        target: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None: ...
+
+    def on_body(self, chunk: bytes) -> None: ...
+
+    def on_request_end(self) -> None: ...
+
+
+class RequestParser(Protocol):
+    def __init__(self, sink: RequestSink, limits: Limits) -> None: ...
+
+    def feed(self, data: bytes) -> None: ...
+
+
+# Interned method names: the common ones are looked up, not decoded, per request.
+METHODS = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+}
+
+
+def decode_method(raw: bytes) -> str:
+    method = METHODS.get(raw)
+    return method if method is not None else raw.decode("ascii")
+
+
+def keep_alive_requested(http_version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """HTTP/1.1 keeps the connection unless asked to close; HTTP/1.0 only if asked."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    if http_version == "1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
+
+
+def check_framing(http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Reject ambiguous message framing (request smuggling) and a missing Host.
+
+    For back-ends that do not already enforce RFC 9112 section 6.
+    """
+    content_lengths = 0
+    transfer_encoding = False
+    host = False
+    for name, value in headers:
+        if name == b"content-length":
+            content_lengths += 1
+            if not value.isdigit():
+                raise ParseError(400, "invalid Content-Length")
+        elif name == b"transfer-encoding":
+            transfer_encoding = True
+        elif name == b"host":
+            host = True
+    if content_lengths > 1:
+        raise ParseError(400, "duplicate Content-Length")
+    if content_lengths and transfer_encoding:
+        raise ParseError(400, "Content-Length together with Transfer-Encoding")
+    if http_version == "1.1" and not host:
+        raise ParseError(400, "missing Host header")
+
+
+def check_version(http_version: str) -> None:
+    if http_version != "1.1" and http_version != "1.0":
+        raise ParseError(505, f"HTTP/{http_version} is not supported")
+
+
+BACKENDS = ("httptools", "h11")
+
+
+def resolve_backend(name: str) -> str:
+    """Turn ``--http`` into a back-end that can load here."""
+    if name != "auto":
+        return name
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def parser_class(name: str) -> type[RequestParser]:
+    backend = resolve_backend(name)
+    if backend == "httptools":
+        from .parser_httptools import HttptoolsParser
+
+        return HttptoolsParser
+    if backend == "h11":
+        from .parser_h11 import H11Parser
+
+        return H11Parser
+    raise ValueError(f"unknown HTTP back-end {name!r}")

@@ -1,0 +1,361 @@
+"""The HTTP/1.1 connection: one implementation for every parser back-end.
+
+A parser back-end (see ``parser.py``) turns bytes into ``on_request`` / ``on_body`` /
+``on_request_end`` calls on this object; this object builds the ASGI scope, runs one
+``RequestCycle`` at a time (pipelined requests wait their turn), applies flow control
+both ways and enforces keep-alive and header-read timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from .cycle import COMPLETE, READ_HIGH_WATER, RequestCycle
+from .parser import ParseError
+from .proxy import apply_proxy_headers
+
+if TYPE_CHECKING:
+    from ..state import ShardState
+
+logger = logging.getLogger("shardserve.error")
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+# Timer kinds: what the connection is waiting for, if anything is the client's turn.
+NO_TIMER = 0
+IDLE = 1  # between requests (keep-alive)
+READING_HEAD = 2  # part of a request head has arrived
+
+# Pipelined requests a connection may queue before it stops reading.
+MAX_PIPELINE = 16
+# Request body a connection discards after an early response before it gives up.
+MAX_DISCARD = 4 * 1024 * 1024
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "shard",
+        "loop",
+        "transport",
+        "parser",
+        "server",
+        "client",
+        "scheme",
+        "trusted",
+        "cycle",
+        "parsing",
+        "pipeline",
+        "closed",
+        "draining",
+        "read_paused",
+        "write_paused",
+        "drain_waiter",
+        "timer",
+        "timer_since",
+        "rejection",
+    )
+
+    def __init__(self, shard: ShardState, scheme: str = "http") -> None:
+        self.shard = shard
+        self.loop = shard.loop
+        self.scheme = scheme
+        self.transport = None
+        self.parser = None
+        self.cycle: RequestCycle | None = None  # the exchange being answered
+        self.parsing: RequestCycle | None = None  # the request whose body is arriving
+        self.pipeline: deque[RequestCycle] = deque()
+        self.closed = False
+        self.draining = False
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter = None
+        self.timer = IDLE
+        self.timer_since = shard.now
+        self.rejection = b""
+
+    # asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        shard = self.shard
+        shard.connections.add(self)
+        shard.counters.connections += 1
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        self.trusted = shard.proxy_headers and (
+            (self.client[0] if self.client else None) in shard.trusted
+        )
+        self.parser = shard.parser_class(self, shard.limits)
+        if shard.draining:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer == IDLE:
+            self.timer = READING_HEAD
+            self.timer_since = self.shard.now
+        try:
+            self.parser.feed(data)
+        except ParseError as exc:
+            self.reject(exc.status, exc.reason)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets the answer (not on TLS,
+        # which cannot half-close); mid-request, or when idle, the connection ends.
+        if self.cycle is None or self.parsing is not None or self.scheme == "https":
+            return None
+        self.draining = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.timer = NO_TIMER
+        self.shard.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.disconnected()
+        self.pipeline.clear()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer drains (or the client leaves)."""
+        waiter = self.drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self.drain_waiter = self.loop.create_future()
+        await waiter
+
+    # Parser callbacks ------------------------------------------------------------
+
+    def on_request(
+        self,
+        method: str,
+        target: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        self.timer = NO_TIMER
+        shard = self.shard
+        if target[:1] == b"/":
+            raw_path, _, query = target.partition(b"?")
+        else:
+            raw_path, query = _split_other_target(method, target)
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            raise ParseError(400, "non-ASCII request target") from None
+        if "%" in path:
+            path = unquote(path)
+        scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": shard.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": shard.lifespan_state.copy(),
+        }
+        if shard.root_path:
+            scope["path"] = shard.root_path + path
+            scope["raw_path"] = shard.root_path_bytes + raw_path
+        if self.trusted:
+            apply_proxy_headers(scope, headers, shard.trusted)
+
+        limit = shard.limit_concurrency
+        if limit is not None and (
+            len(shard.connections) > limit or shard.active_requests >= limit
+        ):
+            raise ParseError(503, "concurrency limit reached")
+
+        cycle = RequestCycle(self, scope, keep_alive)
+        self.parsing = cycle
+        if self.cycle is None:
+            self.cycle = cycle
+            cycle.task = self.loop.create_task(cycle.run())
+        else:
+            pipeline = self.pipeline
+            pipeline.append(cycle)
+            if len(pipeline) >= MAX_PIPELINE and not self.read_paused:
+                self.pause_reading()
+
+    def on_body(self, chunk: bytes) -> None:
+        cycle = self.parsing
+        cycle.feed_body(chunk)
+        if cycle.state == COMPLETE:
+            if cycle.discarded > MAX_DISCARD:
+                self.transport.close()
+        elif len(cycle.body) > READ_HIGH_WATER and not self.read_paused:
+            self.pause_reading()
+
+    def on_request_end(self) -> None:
+        cycle = self.parsing
+        self.parsing = None
+        cycle.end_body()
+        if self.cycle is None:
+            self._idle()
+
+    # Flow control ------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def maybe_resume_reading(self) -> None:
+        """Read again once the app has taken the buffered body and the queue is short."""
+        if self.closed or self.rejection:
+            return
+        parsing = self.parsing
+        if parsing is not None and len(parsing.body) > READ_HIGH_WATER:
+            return
+        if len(self.pipeline) >= MAX_PIPELINE:
+            return
+        self.read_paused = False
+        self.transport.resume_reading()
+
+    # Response completion ---------------------------------------------------------------
+
+    def response_done(self, cycle: RequestCycle) -> None:
+        """Called once per exchange, when its response is complete (or abandoned)."""
+        shard = self.shard
+        counters = shard.counters
+        counters.requests += 1
+        if shard.access_log:
+            self._log_access(cycle)
+        if shard.limit_max_requests is not None and counters.requests >= shard.limit_max_requests:
+            shard.max_requests_reached()
+        if self.cycle is not cycle:
+            return
+        if not cycle.keep_alive or self.draining or self.closed:
+            self.close()
+            return
+        self.cycle = None
+        if self.pipeline:
+            cycle = self.cycle = self.pipeline.popleft()
+            cycle.task = self.loop.create_task(cycle.run())
+        elif self.rejection:
+            self.transport.write(self.rejection)
+            self.close()
+            return
+        elif self.parsing is None:
+            self._idle()
+        if self.read_paused:
+            self.maybe_resume_reading()
+
+    def _idle(self) -> None:
+        self.timer = IDLE
+        self.timer_since = self.shard.now
+
+    def _log_access(self, cycle: RequestCycle) -> None:
+        scope = cycle.scope
+        client = scope["client"]
+        query = scope["query_string"]
+        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        self.shard.access_logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            f"{client[0]}:{client[1]}" if client else "-",
+            scope["method"],
+            path,
+            scope["http_version"],
+            cycle.status,
+        )
+
+    # Errors, timeouts and shutdown -----------------------------------------------------
+
+    def reject(self, status: int, reason: str) -> None:
+        """Answer malformed input with ``status`` and close, after any responses owed."""
+        if self.rejection or self.closed:
+            return
+        shard = self.shard
+        shard.counters.parse_errors += 1
+        logger.debug("Invalid HTTP request (%d): %s", status, reason)
+        self.rejection = shard.canned(status)
+        self.parser = _Discard
+        self.pause_reading()
+        cycle = self.cycle
+        parsing = self.parsing
+        self.parsing = None
+        if cycle is None or cycle is parsing:
+            # Nothing owed first, or the running request itself is malformed.
+            if cycle is None or not cycle.written:
+                self.transport.write(self.rejection)
+            self.close()
+        elif parsing is not None:
+            self.pipeline.remove(parsing)  # it can never complete: never answer it
+
+    def check_timeouts(self, now: float) -> None:
+        timer = self.timer
+        if timer == IDLE:
+            if now - self.timer_since >= self.shard.timeout_keep_alive:
+                self.close()
+        elif timer == READING_HEAD and now - self.timer_since >= self.shard.timeout_request_header:
+            self.shard.counters.timeouts += 1
+            self.timer = NO_TIMER
+            self.reject(408, "request head not received in time")
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the current response."""
+        self.draining = True
+        if self.cycle is None:
+            self.close()
+
+    def close(self) -> None:
+        """Close after what was written; the app sees a disconnect from now on."""
+        if not self.closed:
+            self.closed = True
+            self.timer = NO_TIMER
+            self.transport.close()
+
+
+class _DiscardParser:
+    """Stands in for the parser once a connection is condemned: input is ignored."""
+
+    @staticmethod
+    def feed(data: bytes) -> None:
+        return None
+
+
+_Discard = _DiscardParser()
+
+
+def _address(value) -> tuple | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    if isinstance(value, str) and value:
+        return (value, None)
+    return None
+
+
+def _split_other_target(method: str, target: bytes) -> tuple[bytes, bytes]:
+    """absolute-form ('http://host/p?q'), asterisk-form ('*') or authority-form (CONNECT)."""
+    if target == b"*" and method == "OPTIONS":
+        return b"*", b""
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        slash = rest.find(b"/")
+        if slash < 0:
+            query_at = rest.find(b"?")
+            return b"/", rest[query_at + 1 :] if query_at >= 0 else b""
+        raw_path, _, query = rest[slash:].partition(b"?")
+        return raw_path, query
+    raise ParseError(400, "invalid request target")

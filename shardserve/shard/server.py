@@ -1,0 +1,189 @@
+"""One shard: handed listening sockets and a config, serves until told to stop.
+
+The shard never handles signals itself (a subinterpreter cannot); whoever hosts it
+calls ``request_stop()`` (graceful) or ``force_stop()``, from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..importer import load_app
+from .http.protocol import HttpConnection
+from .lifespan import Lifespan
+from .state import ShardState
+
+logger = logging.getLogger("shardserve.error")
+
+TICK_SECONDS = 0.25
+
+
+@dataclass
+class ShardReport:
+    """What a shard did, returned when it stops."""
+
+    index: int
+    counters: dict[str, int] = field(default_factory=dict)
+    exit_code: int = 0
+
+
+def new_event_loop(loop: str) -> asyncio.AbstractEventLoop:
+    if loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class Shard:
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        index: int = 0,
+        app: Any = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.index = index
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.state: ShardState | None = None
+        self._stop: asyncio.Event | None = None
+        self._forced = False
+        self.on_ready: Callable[[Shard], None] | None = None
+
+    # Hosting ----------------------------------------------------------------------
+
+    def run(self, setup: Callable[[asyncio.AbstractEventLoop, Shard], None] | None = None):
+        """Run the shard's own event loop until it has stopped; return its report."""
+        loop = new_event_loop(self.config.loop)
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            if setup is not None:
+                setup(loop, self)
+            return loop.run_until_complete(self.serve())
+        finally:
+            try:
+                _cancel_remaining(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; safe to call from any thread, more than once."""
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+
+    def force_stop(self) -> None:
+        """Stop without waiting for in-flight requests (a second Ctrl+C)."""
+        self._forced = True
+        self.request_stop()
+
+    # Serving ------------------------------------------------------------------------
+
+    async def serve(self) -> ShardReport:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._stop = asyncio.Event()
+        config = self.config
+        app = self.app
+        if app is None or isinstance(app, str):
+            app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        state = self.state = ShardState(config, app, loop)
+        state.on_max_requests = self._on_max_requests
+
+        lifespan = None
+        if config.lifespan != "off":
+            lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
+            await lifespan.startup()
+
+        ssl_context = None
+        scheme = "http"
+        if config.is_ssl:
+            from .tls import create_ssl_context
+
+            ssl_context = create_ssl_context(config)
+            scheme = "https"
+
+        def protocol_factory() -> HttpConnection:
+            return HttpConnection(state, scheme)
+
+        servers = []
+        for sock in self.sockets:
+            servers.append(
+                await loop.create_server(
+                    protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
+                )
+            )
+        ticker = loop.call_later(TICK_SECONDS, self._tick)
+        self._ticker = ticker
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+        await self._stop.wait()
+
+        state.draining = True
+        for server in servers:
+            server.close()
+        await self._drain(state)
+        self._ticker.cancel()
+        if lifespan is not None:
+            await lifespan.shutdown()
+        return ShardReport(index=self.index, counters=state.counters.as_dict())
+
+    def _tick(self) -> None:
+        state = self.state
+        state.tick()
+        state.sweep_timeouts()
+        self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
+
+    def _on_max_requests(self) -> None:
+        if not self._stop.is_set():
+            logger.info("Maximum request limit of %d exceeded. Stopping.", self.config.limit_max_requests)
+            self._stop.set()
+
+    async def _drain(self, state: ShardState) -> None:
+        """Close idle connections now; give in-flight requests until the grace timeout."""
+        for conn in tuple(state.connections):
+            conn.shutdown()
+        timeout = self.config.timeout_graceful_shutdown
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if state.connections or state.active_requests:
+            logger.info("Waiting for in-flight requests to finish.")
+        while (state.connections or state.active_requests) and not self._forced:
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning("Graceful shutdown timed out; closing remaining connections.")
+                break
+            await asyncio.sleep(0.05)
+        for conn in tuple(state.connections):
+            cycle = conn.cycle
+            if cycle is not None and cycle.task is not None:
+                cycle.task.cancel()
+            conn.transport.abort()
+        # Let cancelled exchanges and aborted transports finish their callbacks.
+        for _ in range(20):
+            if not state.active_requests:
+                break
+            await asyncio.sleep(0.01)
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

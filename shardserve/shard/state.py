@@ -1,0 +1,115 @@
+"""What every connection of one shard shares, computed once, refreshed once a second.
+
+Per-request code reads ready-made values from here (default header bytes, the
+coarse clock, trusted proxies) instead of deriving them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+from ..config import Config
+from .http.parser import Limits, parser_class
+from .http.proxy import parse_trusted
+from .http.response import DATE, SERVER, canned_response
+
+
+class ShardCounters:
+    """What this shard did: read by stats reporting, written on the hot path."""
+
+    __slots__ = ("connections", "requests", "parse_errors", "app_errors", "timeouts")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.parse_errors = 0
+        self.app_errors = 0
+        self.timeouts = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ShardState:
+    def __init__(self, config: Config, app: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.loop = loop
+        self.root_path = config.root_path
+        self.root_path_bytes = config.root_path.encode("utf-8")
+        self.proxy_headers = config.proxy_headers
+        self.trusted = parse_trusted(config.trusted_proxies)
+        self.limits = Limits(
+            request_line=config.limit_request_line,
+            fields=config.limit_request_fields,
+            field_size=config.limit_request_field_size,
+        )
+        self.parser_class = parser_class(config.http)
+        self.limit_concurrency = config.limit_concurrency
+        self.limit_max_requests = config.limit_max_requests
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.timeout_request_header = config.timeout_request_header
+        access_logger = logging.getLogger("shardserve.access")
+        self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
+        self.access_logger = access_logger
+        self.lifespan_state: dict[str, Any] = {}
+        self.connections: set = set()
+        self.active_requests = 0
+        self.counters = ShardCounters()
+        self.draining = False
+        self.on_max_requests: Callable[[], None] | None = None
+        self.now = loop.time()
+
+        self._server = b"server: shardserve\r\n" if config.server_header else b""
+        self._date_enabled = config.date_header
+        self._custom = b"".join(_header_line(header) for header in config.headers)
+        self._second = -1
+        self.default_headers = b""
+        self._canned: dict[int, bytes] = {}
+        self.tick()
+
+    # Once a second, not once a request ------------------------------------------
+
+    def tick(self) -> None:
+        """Advance the coarse clock; rebuild the default headers when the second changes."""
+        self.now = self.loop.time()
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            date = b"date: %s\r\n" % formatdate(second, usegmt=True).encode("ascii")
+            self._date = date if self._date_enabled else b""
+            self.default_headers = self._server + self._date + self._custom
+            self._canned.clear()
+
+    def max_requests_reached(self) -> None:
+        if self.on_max_requests is not None:
+            self.on_max_requests()
+
+    def sweep_timeouts(self) -> None:
+        now = self.now
+        for conn in tuple(self.connections):
+            conn.check_timeouts(now)
+
+    def defaults_without(self, kind: int, current: bytes) -> bytes:
+        """Default headers minus the one the app set itself (Server or Date)."""
+        part = self._server if kind == SERVER else self._date if kind == DATE else b""
+        return current.replace(part, b"", 1) if part else current
+
+    def canned(self, status: int) -> bytes:
+        """A server-made response carrying the default headers."""
+        response = self._canned.get(status)
+        if response is None:
+            response = self._canned[status] = canned_response(status, extra=self.default_headers)
+        return response
+
+
+def _header_line(header: str) -> bytes:
+    name, _, value = header.partition(":")
+    line = b"%s: %s\r\n" % (name.strip().lower().encode("latin-1"), value.strip().encode("latin-1"))
+    if line.count(b"\n") != 1 or line.count(b"\r") != 1:
+        raise ValueError(f"--header {header!r} contains CR or LF")
+    return line
