@@ -9,7 +9,6 @@ from typing import Any
 from .errors import AppImportError
 
 
-
 def import_from_string(target: str) -> Any:
     module_name, sep, attrs = target.partition(":")
     if not sep or not module_name or not attrs:

@@ -3,6 +3,9 @@
 The response head is held back until the first body message (as the ASGI spec asks),
 so that a typical response leaves in one write, and an app that fails between
 ``http.response.start`` and its body still gets a clean 500.
+
+This is the hot path: each request runs ``RequestCycle()``, ``run``, two ``send``
+calls and usually one ``receive``; keep them free of work that could be done once.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from .response import (
     CONNECTION,
     CONTENT_LENGTH,
     CONTINUE_100,
-    DATE,
     NO_BODY_STATUSES,
-    SERVER,
     SPECIAL_HEADERS,
+    STATUS_LINES,
     TRANSFER_ENCODING,
     status_line,
 )
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from .protocol import HttpConnection
 
 logger = logging.getLogger("shardserve.error")
+
+# Request states: how much of the request the app has been given.
+BODY_MORE = 0  # more body to come from the client
+BODY_ENDED = 1  # the request is complete; the final http.request not yet delivered
+BODY_DELIVERED = 2  # the app has had the whole request
 
 # Response states.
 NOT_STARTED = 0
@@ -46,6 +53,7 @@ _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_DISCONNECT = "http.disconnect"
 
 
 class RequestCycle:
@@ -55,12 +63,10 @@ class RequestCycle:
         "keep_alive",
         "task",
         # request side
+        "request",
         "body",
-        "body_done",
-        "final_delivered",
         "waiter",
-        "continue_checked",
-        "discarded",
+        "expect_checked",
         # response side
         "state",
         "status",
@@ -75,26 +81,18 @@ class RequestCycle:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
-        self.task = None
+        self.request = BODY_MORE
         self.body = b""
-        self.body_done = False
-        self.final_delivered = False
         self.waiter = None
-        self.continue_checked = False
-        self.discarded = 0
         self.state = NOT_STARTED
-        self.status = 0
-        self.head = b""
-        self.no_body = False
-        self.chunked = False
-        self.remaining = None
         self.written = False
+        self.status = 0
+        self.expect_checked = False
 
     # Running the app ---------------------------------------------------------
 
     async def run(self) -> None:
-        conn = self.conn
-        shard = conn.shard
+        shard = self.conn.shard
         shard.active_requests += 1
         try:
             result = await shard.app(self.scope, self.receive, self.send)
@@ -120,6 +118,7 @@ class RequestCycle:
         elif self.conn.closed and isinstance(exc, OSError):
             pass  # the client left; nothing went wrong in the app
         else:
+            self.conn.shard.counters.app_errors += 1
             logger.error("Exception in ASGI application", exc_info=exc)
         if self.state != COMPLETE:
             self._abort()
@@ -133,70 +132,56 @@ class RequestCycle:
             self.written = True
             conn.transport.write(conn.shard.canned(500))
         self.state = COMPLETE
-        self._wake()
+        self.wake()
         conn.response_done(self)
 
     # receive -------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
         conn = self.conn
-        if self.state == COMPLETE or conn.closed:
-            return {"type": "http.disconnect"}
-        if not self.body and (not self.body_done or self.final_delivered):
-            if not self.continue_checked:
+        while True:
+            if self.state == COMPLETE or conn.closed:
+                return {"type": _DISCONNECT}
+            body = self.body
+            if body or self.request == BODY_ENDED:
+                self.body = b""
+                more_body = self.request == BODY_MORE
+                if not more_body:
+                    self.request = BODY_DELIVERED
+                if conn.read_paused:
+                    conn.maybe_resume_reading()
+                return {"type": "http.request", "body": body, "more_body": more_body}
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """Nothing to hand the app yet: wait for body, the request's end, or a disconnect."""
+        conn = self.conn
+        if self.request == BODY_MORE:
+            if not self.expect_checked:
+                self.expect_checked = True
                 self._send_continue_if_expected()
             if conn.read_paused:
                 conn.maybe_resume_reading()
-            waiter = self.waiter
-            if waiter is None or waiter.done():
-                waiter = self.waiter = conn.loop.create_future()
-            await waiter
-            if self.state == COMPLETE or conn.closed:
-                return {"type": "http.disconnect"}
-            if not self.body and (not self.body_done or self.final_delivered):
-                return await self.receive()
-        body = self.body
-        self.body = b""
-        more_body = not self.body_done
-        if not more_body:
-            self.final_delivered = True
-        if conn.read_paused:
-            conn.maybe_resume_reading()
-        return {"type": "http.request", "body": body, "more_body": more_body}
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            waiter = self.waiter = conn.loop.create_future()
+        await waiter
 
     def _send_continue_if_expected(self) -> None:
-        self.continue_checked = True
-        if self.state != NOT_STARTED or self.body_done:
+        if self.state != NOT_STARTED:
             return
         for name, value in self.scope["headers"]:
             if name == b"expect" and value.lower() == b"100-continue":
                 self.conn.transport.write(CONTINUE_100)
                 return
 
-    # Called by the connection as the request body arrives.
-
-    def feed_body(self, chunk: bytes) -> None:
-        if self.state == COMPLETE:
-            self.discarded += len(chunk)
-            return
-        self.body = self.body + chunk if self.body else chunk
-        if self.waiter is not None:
-            self._wake()
-
-    def end_body(self) -> None:
-        self.body_done = True
-        if self.waiter is not None:
-            self._wake()
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Release a ``receive()`` waiting for body, the request's end or a disconnect."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-
-    def disconnected(self) -> None:
-        self._wake()
 
     # send ----------------------------------------------------------------------
 
@@ -208,71 +193,77 @@ class RequestCycle:
             raise ClientDisconnected("client disconnected")
         message_type = message["type"]
         state = self.state
-        if message_type == "http.response.body" and (state == HEAD_PENDING or state == STREAMING):
-            self._write_body(message.get("body", b""), message.get("more_body", False))
+        if message_type == "http.response.body":
+            if state == HEAD_PENDING or state == STREAMING:
+                self._write_body(message.get("body", b""), message.get("more_body", False))
+                return
         elif message_type == "http.response.start" and state == NOT_STARTED:
             self._start(message["status"], message.get("headers", ()))
-        else:
-            raise RuntimeError(
-                f"Unexpected ASGI message {message_type!r} "
-                + ("before the response started" if state == NOT_STARTED else
-                   "after the response completed" if state == COMPLETE else
-                   "after the response started")
+            return
+        raise RuntimeError(
+            f"Unexpected ASGI message {message_type!r} "
+            + (
+                "before the response started"
+                if state == NOT_STARTED
+                else "after the response completed"
+                if state == COMPLETE
+                else "after the response started"
             )
+        )
 
     def _start(self, status: int, headers) -> None:
-        conn = self.conn
-        shard = conn.shard
+        shard = self.conn.shard
         content_length = None
         app_chunked = False
         close = False
         defaults = shard.default_headers
         lines = []
-        append = lines.append
+        extend = lines.extend
         for name, value in headers:
             kind = SPECIAL_HEADERS.get(name.lower())
             if kind is not None:
                 if kind == CONTENT_LENGTH:
-                    try:
-                        content_length = int(value)
-                    except ValueError:
-                        raise RuntimeError(f"invalid Content-Length {value!r}") from None
-                    if content_length < 0:
-                        raise RuntimeError(f"invalid Content-Length {value!r}")
+                    content_length = int(value) if value.isdigit() else _content_length(value)
                 elif kind == TRANSFER_ENCODING:
                     app_chunked = b"chunked" in value.lower()
                 elif kind == CONNECTION:
                     close = b"close" in value.lower()
-                elif kind == SERVER or kind == DATE:
+                else:  # SERVER or DATE: the app's own replaces the default
                     defaults = shard.defaults_without(kind, defaults)
-            append(b"%s: %s\r\n" % (name, value))
+            extend((name, b": ", value, b"\r\n"))
         block = b"".join(lines)
-        count = len(lines)
+        count = len(lines) >> 2
         if block.count(b"\n") != count or block.count(b"\r") != count:
             raise RuntimeError("invalid response header: CR or LF in a header name or value")
 
         scope = self.scope
-        no_body = status in NO_BODY_STATUSES or scope["method"] == "HEAD"
-        keep_alive = self.keep_alive and not close and not conn.draining
+        keep_alive = self.keep_alive and not close and not self.conn.draining
         framing = b""
-        if content_length is not None and not no_body:
-            self.remaining = content_length
-        elif not no_body:
-            if scope["http_version"] == "1.1":
-                self.chunked = True
-                if not app_chunked:
-                    framing = _CHUNKED
-            else:
-                keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        no_body = chunked = False
+        remaining = None
+        if status in NO_BODY_STATUSES or scope["method"] == "HEAD":
+            no_body = True
+        elif content_length is not None:
+            remaining = content_length
+        elif scope["http_version"] == "1.1":
+            chunked = True
+            if not app_chunked:
+                framing = _CHUNKED
+        else:
+            keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        self.no_body = no_body
+        self.chunked = chunked
+        self.remaining = remaining
         if not keep_alive:
             if not close:
                 framing += _CLOSE
         elif scope["http_version"] == "1.0":
             framing += _KEEP_ALIVE
         self.keep_alive = keep_alive
-        self.no_body = no_body
         self.status = status
-        self.head = b"".join((status_line(status), defaults, block, framing, b"\r\n"))
+        self.head = b"".join(
+            (STATUS_LINES.get(status) or status_line(status), defaults, block, framing, b"\r\n")
+        )
         self.state = HEAD_PENDING
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
@@ -285,13 +276,13 @@ class RequestCycle:
                     data += _LAST_CHUNK
             else:
                 data = b"" if more_body else _LAST_CHUNK
-        elif self.remaining is not None:
-            size = len(body)
-            if size > self.remaining:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.remaining -= size
-            data = body
         else:
+            remaining = self.remaining
+            if remaining is not None:
+                remaining -= len(body)
+                if remaining < 0:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.remaining = remaining
             data = body
         transport = self.conn.transport
         if self.state == HEAD_PENDING:
@@ -307,12 +298,21 @@ class RequestCycle:
         elif data:
             transport.write(data)
         if not more_body:
-            short = self.remaining
             self.state = COMPLETE
-            if short:
+            if self.waiter is not None:
+                self.wake()
+            if self.remaining:
                 self.keep_alive = False
-            self._wake()
-            self.conn.response_done(self)
-            if short:
+                self.conn.response_done(self)
                 raise RuntimeError("Response content shorter than Content-Length")
+            self.conn.response_done(self)
 
+
+def _content_length(value: bytes) -> int:
+    try:
+        length = int(value)
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise RuntimeError(f"invalid Content-Length {value!r}")
+    return length

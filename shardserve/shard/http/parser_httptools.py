@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httptools
 
-from .parser import Limits, ParseError, RequestSink, check_version, decode_method
+from .parser import METHODS, Limits, ParseError, RequestSink, check_version, decode_method
 
 _HttpParserCallbackError = httptools.HttpParserCallbackError
 _HttpParserError = httptools.HttpParserError
@@ -20,25 +20,30 @@ class HttptoolsParser:
     __slots__ = (
         "sink",
         "limits",
+        "field_size",
         "parser",
         "url",
         "headers",
         "host",
         "in_head",
         "head_bytes",
-        "_on_body",
+        # llhttp calls these directly: the sink's own methods, no hop through here.
+        "on_body",
+        "on_message_complete",
     )
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         self.sink = sink
         self.limits = limits
-        self.parser = httptools.HttpRequestParser(self)
+        self.field_size = limits.field_size
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.host = False
         self.in_head = False
         self.head_bytes = 0
-        self._on_body = sink.on_body
+        self.on_body = sink.on_body
+        self.on_message_complete = sink.on_request_end
+        self.parser = httptools.HttpRequestParser(self)
 
     def feed(self, data: bytes) -> None:
         if self.in_head:
@@ -66,49 +71,46 @@ class HttptoolsParser:
 
     # llhttp callbacks ---------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.host = False
-        self.in_head = True
-        self.head_bytes = 0
-
     def on_url(self, url: bytes) -> None:
-        url = self.url + url if self.url else url
+        if self.in_head:  # the target arrived in pieces
+            url = self.url + url
+        else:
+            self.in_head = True
+            self.head_bytes = 0
         if len(url) > self.limits.request_line:
             raise ParseError(414, "request target too long")
         self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # a trailer field: not passed on
-        headers = self.headers
-        if len(headers) >= self.limits.fields:
-            raise ParseError(431, "too many request header fields")
-        if len(name) + len(value) > self.limits.field_size:
+        if len(name) + len(value) > self.field_size or not self.in_head:
+            if not self.in_head:
+                return  # a trailer field: not passed on
             raise ParseError(431, "request header field too large")
         name = name.lower()
         if name == b"host":
             self.host = True
-        headers.append((name, value))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        headers = self.headers
+        if len(headers) > self.limits.fields:
+            raise ParseError(431, "too many request header fields")
         parser = self.parser
         http_version = parser.get_http_version()
-        check_version(http_version)
-        if http_version == "1.1" and not self.host:
+        if http_version != "1.1":
+            check_version(http_version)
+        elif not self.host:
             raise ParseError(400, "missing Host header")
+        url = self.url
+        self.url = b""
+        self.headers = []
+        self.host = False
+        self.in_head = False
+        method = parser.get_method()
         self.sink.on_request(
-            decode_method(parser.get_method()),
-            self.url,
+            METHODS.get(method) or decode_method(method),
+            url,
             http_version,
-            self.headers,
+            headers,
             parser.should_keep_alive(),
         )
-
-    def on_body(self, body: bytes) -> None:
-        self._on_body(body)
-
-    def on_message_complete(self) -> None:
-        self.sink.on_request_end()

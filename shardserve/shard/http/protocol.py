@@ -14,7 +14,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from .cycle import COMPLETE, READ_HIGH_WATER, RequestCycle
+from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, RequestCycle
+from .eager import eager_starter
 from .parser import ParseError
 from .proxy import apply_proxy_headers
 
@@ -57,6 +58,11 @@ class HttpConnection(asyncio.Protocol):
         "timer",
         "timer_since",
         "rejection",
+        "discarded",
+        "start",
+        "close_starter",
+        "ready",
+        "feeding",
     )
 
     def __init__(self, shard: ShardState, scheme: str = "http") -> None:
@@ -76,6 +82,10 @@ class HttpConnection(asyncio.Protocol):
         self.timer = IDLE
         self.timer_since = shard.now
         self.rejection = b""
+        self.discarded = 0
+        self.start, self.close_starter = eager_starter(self.loop)
+        self.ready: RequestCycle | None = None  # parsed, to be started once feeding ends
+        self.feeding = False
 
     # asyncio.Protocol ----------------------------------------------------------
 
@@ -97,10 +107,18 @@ class HttpConnection(asyncio.Protocol):
         if self.timer == IDLE:
             self.timer = READING_HEAD
             self.timer_since = self.shard.now
+        self.feeding = True
         try:
             self.parser.feed(data)
         except ParseError as exc:
             self.reject(exc.status, exc.reason)
+        # Start the app only now, with the whole packet parsed: a GET is complete,
+        # so the app's first step usually runs straight through to its response.
+        while self.ready is not None:
+            cycle = self.ready
+            self.ready = None
+            cycle.task = self.start(cycle.run())
+        self.feeding = False
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets the answer (not on TLS,
@@ -116,8 +134,10 @@ class HttpConnection(asyncio.Protocol):
         self.shard.connections.discard(self)
         cycle = self.cycle
         if cycle is not None:
-            cycle.disconnected()
+            cycle.wake()
         self.pipeline.clear()
+        self.ready = None
+        self.close_starter()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -150,7 +170,7 @@ class HttpConnection(asyncio.Protocol):
     ) -> None:
         self.timer = NO_TIMER
         shard = self.shard
-        if target[:1] == b"/":
+        if target[0] == 47:  # b"/": origin-form, nearly always
             raw_path, _, query = target.partition(b"?")
         else:
             raw_path, query = _split_other_target(method, target)
@@ -190,8 +210,7 @@ class HttpConnection(asyncio.Protocol):
         cycle = RequestCycle(self, scope, keep_alive)
         self.parsing = cycle
         if self.cycle is None:
-            self.cycle = cycle
-            cycle.task = self.loop.create_task(cycle.run())
+            self.cycle = self.ready = cycle
         else:
             pipeline = self.pipeline
             pipeline.append(cycle)
@@ -200,19 +219,28 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         cycle = self.parsing
-        cycle.feed_body(chunk)
         if cycle.state == COMPLETE:
-            if cycle.discarded > MAX_DISCARD:
-                self.transport.close()
-        elif len(cycle.body) > READ_HIGH_WATER and not self.read_paused:
+            # Answered already: drop the rest of the body, up to a point.
+            self.discarded += len(chunk)
+            if self.discarded > MAX_DISCARD:
+                self.close()
+            return
+        body = cycle.body = cycle.body + chunk if cycle.body else chunk
+        if cycle.waiter is not None:
+            cycle.wake()
+        if len(body) > READ_HIGH_WATER and not self.read_paused:
             self.pause_reading()
 
     def on_request_end(self) -> None:
         cycle = self.parsing
         self.parsing = None
-        cycle.end_body()
+        self.discarded = 0
+        cycle.request = BODY_ENDED
+        if cycle.waiter is not None:
+            cycle.wake()
         if self.cycle is None:
-            self._idle()
+            self.timer = IDLE
+            self.timer_since = self.shard.now
 
     # Flow control ------------------------------------------------------------------
 
@@ -252,19 +280,19 @@ class HttpConnection(asyncio.Protocol):
         self.cycle = None
         if self.pipeline:
             cycle = self.cycle = self.pipeline.popleft()
-            cycle.task = self.loop.create_task(cycle.run())
+            if self.feeding:
+                self.ready = cycle  # data_received starts it when this call returns
+            else:
+                cycle.task = self.loop.create_task(cycle.run())
         elif self.rejection:
             self.transport.write(self.rejection)
             self.close()
             return
         elif self.parsing is None:
-            self._idle()
+            self.timer = IDLE
+            self.timer_since = shard.now
         if self.read_paused:
             self.maybe_resume_reading()
-
-    def _idle(self) -> None:
-        self.timer = IDLE
-        self.timer_since = self.shard.now
 
     def _log_access(self, cycle: RequestCycle) -> None:
         scope = cycle.scope

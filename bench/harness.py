@@ -1,0 +1,214 @@
+"""Building blocks for side-by-side benchmarks: servers, wrk, and CPU accounting.
+
+Numbers on shared machines drift, so every comparison runs its servers in the same
+invocation, alternating, each pinned to its own CPUs with the load generator on
+others; the figure to trust is the server's CPU time per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS_VENV = ROOT / ".bench-venv"
+PEER_PACKAGES = ["uvicorn[standard]==0.54.0"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# CPU accounting --------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        pids.append(current)
+        stack.extend(_children(current))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (live ones)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+# Servers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout}s")
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+
+    def start(self, cpus: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpus, *self.argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_port(self.port, proc)
+        return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def peer_python() -> str:
+    """The Python of a separate venv holding the peers (uvicorn), created on first use."""
+    python = PEERS_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {PEERS_VENV} for the peer servers ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True
+        )
+    return str(python)
+
+
+# Load generation -----------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    return path
+
+
+def run_wrk(url: str, cpus: str, seconds: float, connections: int, threads: int = 1) -> WrkResult:
+    out = subprocess.run(
+        [
+            "taskset", "-c", cpus, require_wrk(), "--latency",
+            f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))
+    duration_match = re.search(r"requests in ([\d.]+)(us|ms|s|m)", out)
+    duration = _ms(duration_match.group(1) + duration_match.group(2)) / 1000.0
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    errors = 0
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    return WrkResult(
+        requests=requests,
+        seconds=duration,
+        rps=requests / duration,
+        p50_ms=_ms(percentiles.get("50", "nan")),
+        p99_ms=_ms(percentiles.get("99", "nan")),
+        errors=errors,
+    )
+
+
+@dataclass
+class Measurement:
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+
+
+def measure(
+    server: Server, server_cpus: str, load_cpus: str, seconds: float, connections: int,
+    path: str = "/",
+) -> Measurement:
+    proc = server.start(server_cpus)
+    try:
+        url = f"http://127.0.0.1:{server.port}{path}"
+        run_wrk(url, load_cpus, 1, connections)  # warm-up
+        before = cpu_seconds(proc.pid)
+        result = run_wrk(url, load_cpus, seconds, connections)
+        used = cpu_seconds(proc.pid) - before
+    finally:
+        stop(proc)
+    return Measurement(
+        server=server.name,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        cpu_us_per_request=used / max(result.requests, 1) * 1e6,
+        errors=result.errors,
+    )

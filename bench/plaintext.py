@@ -1,0 +1,90 @@
+"""shardserve (1 shard) against uvicorn (1 worker, httptools + uvloop), plaintext hello.
+
+    python bench/plaintext.py --server-cpus 1 --load-cpus 0 --runs 3 --seconds 5
+
+Each server is pinned to --server-cpus and wrk to --load-cpus; servers alternate
+within each run, and the table reports medians.  The verdict line compares server
+CPU microseconds per request (the issue's target: shardserve <= 0.5x uvicorn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Measurement, Server, free_port, measure, peer_python  # noqa: E402
+
+
+def servers(extra: list[str]) -> list[Server]:
+    port_a, port_b = free_port(), free_port()
+    shardserve = [sys.executable, "-m", "shardserve", "bench.apps:plaintext"]
+    uvicorn = [peer_python(), "-m", "uvicorn", "bench.apps:plaintext"]
+    common = ["--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+    result = [
+        Server("shardserve", [*shardserve, *common, "--port", str(port_a), *extra], port_a),
+        Server(
+            "uvicorn",
+            [*uvicorn, *common, "--port", str(port_b), "--http", "httptools", "--loop", "uvloop"],
+            port_b,
+        ),
+    ]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server-cpus", default="1")
+    parser.add_argument("--load-cpus", default="0")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument(
+        "--shardserve-arg", action="append", default=[], help="extra shardserve flag (repeat)"
+    )
+    args = parser.parse_args()
+
+    results: dict[str, list[Measurement]] = {}
+    for run in range(args.runs):
+        for server in servers(args.shardserve_arg):
+            m = measure(server, args.server_cpus, args.load_cpus, args.seconds, args.connections)
+            results.setdefault(m.server, []).append(m)
+            print(
+                f"run {run + 1}: {m.server:<11} {m.rps:>9.0f} req/s  "
+                f"p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms  "
+                f"{m.cpu_us_per_request:.1f} us CPU/req  errors {m.errors}",
+                file=sys.stderr,
+            )
+
+    print()
+    print("| server | req/s | p50 ms | p99 ms | server CPU us/request | errors |")
+    print("|---|---|---|---|---|---|")
+    medians = {}
+    for name, ms in results.items():
+        med = {
+            "rps": statistics.median(m.rps for m in ms),
+            "p50": statistics.median(m.p50_ms for m in ms),
+            "p99": statistics.median(m.p99_ms for m in ms),
+            "cpu": statistics.median(m.cpu_us_per_request for m in ms),
+            "errors": sum(m.errors for m in ms),
+        }
+        medians[name] = med
+        print(
+            f"| {name} | {med['rps']:.0f} | {med['p50']:.2f} | {med['p99']:.2f} "
+            f"| {med['cpu']:.1f} | {med['errors']} |"
+        )
+    ratio = medians["shardserve"]["cpu"] / medians["uvicorn"]["cpu"]
+    print(f"\nshardserve / uvicorn server CPU per request: {ratio:.2f}x (target <= 0.50x)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({k: [vars(m) for m in v] for k, v in results.items()}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
