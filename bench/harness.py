@@ -112,9 +112,7 @@ def peer_python() -> str:
     if not python.exists():
         print(f"creating {PEERS_VENV} for the peer servers ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
     return str(python)
 
 
@@ -151,8 +149,15 @@ def require_wrk() -> str:
 def run_wrk(url: str, cpus: str, seconds: float, connections: int, threads: int = 1) -> WrkResult:
     out = subprocess.run(
         [
-            "taskset", "-c", cpus, require_wrk(), "--latency",
-            f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", url,
+            "taskset",
+            "-c",
+            cpus,
+            require_wrk(),
+            "--latency",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            url,
         ],
         capture_output=True,
         text=True,
@@ -192,7 +197,11 @@ class Measurement:
 
 
 def measure(
-    server: Server, server_cpus: str, load_cpus: str, seconds: float, connections: int,
+    server: Server,
+    server_cpus: str,
+    load_cpus: str,
+    seconds: float,
+    connections: int,
     path: str = "/",
 ) -> Measurement:
     proc = server.start(server_cpus)

@@ -76,9 +76,7 @@ def _unix_in_use(path: str) -> bool:
 
 def _address_info(host: str, port: int) -> tuple[int, tuple]:
     try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ListenError(f"--host {host}: {exc.strerror}") from None
     family, _, _, _, address = infos[0]

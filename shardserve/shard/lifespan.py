@@ -11,7 +11,6 @@ from ..errors import LifespanFailure
 logger = logging.getLogger("shardserve.error")
 
 
-
 class Lifespan:
     def __init__(self, app: Any, mode: str, state: dict[str, Any]) -> None:
         self.app = app

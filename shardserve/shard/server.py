@@ -153,7 +153,9 @@ class Shard:
 
     def _on_max_requests(self) -> None:
         if not self._stop.is_set():
-            logger.info("Maximum request limit of %d exceeded. Stopping.", self.config.limit_max_requests)
+            logger.info(
+                "Maximum request limit of %d exceeded. Stopping.", self.config.limit_max_requests
+            )
             self._stop.set()
 
     async def _drain(self, state: ShardState) -> None:

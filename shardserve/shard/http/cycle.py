@@ -19,9 +19,10 @@ from .response import (
     CONTENT_LENGTH,
     CONTINUE_100,
     NO_BODY_STATUSES,
-    SPECIAL_HEADERS,
     STATUS_LINES,
     TRANSFER_ENCODING,
+    _rendered,
+    render_header,
     status_line,
 )
 
@@ -70,11 +71,10 @@ class RequestCycle:
         # response side
         "state",
         "status",
-        "head",
+        "head",  # the response head's parts, until written with the first body
         "no_body",
         "chunked",
         "remaining",
-        "written",
     )
 
     def __init__(self, conn: HttpConnection, scope: dict, keep_alive: bool) -> None:
@@ -85,8 +85,6 @@ class RequestCycle:
         self.body = b""
         self.waiter = None
         self.state = NOT_STARTED
-        self.written = False
-        self.status = 0
         self.expect_checked = False
 
     # Running the app ---------------------------------------------------------
@@ -127,9 +125,8 @@ class RequestCycle:
         """End the exchange after a failure: a 500 if nothing was written, else a close."""
         conn = self.conn
         self.keep_alive = False
-        if not self.written and not conn.closed:
+        if self.state < STREAMING and not conn.closed:  # nothing written yet
             self.status = 500
-            self.written = True
             conn.transport.write(conn.shard.canned(500))
         self.state = COMPLETE
         self.wake()
@@ -214,31 +211,28 @@ class RequestCycle:
     def _start(self, status: int, headers) -> None:
         shard = self.conn.shard
         content_length = None
-        app_chunked = False
-        close = False
+        app_chunked = close = False
         defaults = shard.default_headers
-        lines = []
-        extend = lines.extend
-        for name, value in headers:
-            kind = SPECIAL_HEADERS.get(name.lower())
-            if kind is not None:
+        lines = [STATUS_LINES.get(status) or status_line(status), defaults]
+        append = lines.append
+        for header in headers:
+            try:
+                line, kind, argument = _rendered_get(header) or render_header(header)
+            except TypeError:  # unhashable, e.g. a [name, value] list
+                line, kind, argument = render_header(header)
+            append(line)
+            if kind:
                 if kind == CONTENT_LENGTH:
-                    content_length = int(value) if value.isdigit() else _content_length(value)
+                    content_length = argument
                 elif kind == TRANSFER_ENCODING:
-                    app_chunked = b"chunked" in value.lower()
+                    app_chunked = argument
                 elif kind == CONNECTION:
-                    close = b"close" in value.lower()
+                    close = argument
                 else:  # SERVER or DATE: the app's own replaces the default
-                    defaults = shard.defaults_without(kind, defaults)
-            extend((name, b": ", value, b"\r\n"))
-        block = b"".join(lines)
-        count = len(lines) >> 2
-        if block.count(b"\n") != count or block.count(b"\r") != count:
-            raise RuntimeError("invalid response header: CR or LF in a header name or value")
+                    defaults = lines[1] = shard.defaults_without(kind, defaults)
 
         scope = self.scope
         keep_alive = self.keep_alive and not close and not self.conn.draining
-        framing = b""
         no_body = chunked = False
         remaining = None
         if status in NO_BODY_STATUSES or scope["method"] == "HEAD":
@@ -248,22 +242,21 @@ class RequestCycle:
         elif scope["http_version"] == "1.1":
             chunked = True
             if not app_chunked:
-                framing = _CHUNKED
+                append(_CHUNKED)
         else:
             keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        if not keep_alive:
+            if not close:
+                append(_CLOSE)
+        elif scope["http_version"] == "1.0":
+            append(_KEEP_ALIVE)
+        append(b"\r\n")
         self.no_body = no_body
         self.chunked = chunked
         self.remaining = remaining
-        if not keep_alive:
-            if not close:
-                framing += _CLOSE
-        elif scope["http_version"] == "1.0":
-            framing += _KEEP_ALIVE
         self.keep_alive = keep_alive
         self.status = status
-        self.head = b"".join(
-            (STATUS_LINES.get(status) or status_line(status), defaults, block, framing, b"\r\n")
-        )
+        self.head = lines
         self.state = HEAD_PENDING
 
     def _write_body(self, body: bytes, more_body: bool) -> None:
@@ -287,13 +280,13 @@ class RequestCycle:
         transport = self.conn.transport
         if self.state == HEAD_PENDING:
             self.state = STREAMING
-            self.written = True
             head = self.head
-            self.head = b""
+            self.head = None
             if len(data) < 65536:
-                transport.write(head + data)
+                head.append(data)
+                transport.write(b"".join(head))
             else:
-                transport.write(head)
+                transport.write(b"".join(head))
                 transport.write(data)
         elif data:
             transport.write(data)
@@ -308,11 +301,4 @@ class RequestCycle:
             self.conn.response_done(self)
 
 
-def _content_length(value: bytes) -> int:
-    try:
-        length = int(value)
-    except ValueError:
-        length = -1
-    if length < 0:
-        raise RuntimeError(f"invalid Content-Length {value!r}")
-    return length
+_rendered_get = _rendered.get

@@ -14,7 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, RequestCycle
+from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
 from .eager import eager_starter
 from .parser import ParseError
 from .proxy import apply_proxy_headers
@@ -47,6 +47,7 @@ class HttpConnection(asyncio.Protocol):
         "client",
         "scheme",
         "trusted",
+        "scope_template",
         "cycle",
         "parsing",
         "pipeline",
@@ -100,6 +101,22 @@ class HttpConnection(asyncio.Protocol):
             (self.client[0] if self.client else None) in shard.trusted
         )
         self.parser = shard.parser_class(self, shard.limits)
+        # What every request on this connection shares; copied, then completed, per request.
+        self.scope_template = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": "GET",
+            "root_path": shard.root_path,
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [],
+            "state": None,
+        }
         if shard.draining:
             transport.close()
 
@@ -180,21 +197,14 @@ class HttpConnection(asyncio.Protocol):
             raise ParseError(400, "non-ASCII request target") from None
         if "%" in path:
             path = unquote(path)
-        scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": http_version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": method,
-            "root_path": shard.root_path,
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": shard.lifespan_state.copy(),
-        }
+        scope = self.scope_template.copy()
+        scope["http_version"] = http_version
+        scope["method"] = method
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = headers
+        scope["state"] = shard.lifespan_state.copy()
         if shard.root_path:
             scope["path"] = shard.root_path + path
             scope["raw_path"] = shard.root_path_bytes + raw_path
@@ -202,9 +212,7 @@ class HttpConnection(asyncio.Protocol):
             apply_proxy_headers(scope, headers, shard.trusted)
 
         limit = shard.limit_concurrency
-        if limit is not None and (
-            len(shard.connections) > limit or shard.active_requests >= limit
-        ):
+        if limit is not None and (len(shard.connections) > limit or shard.active_requests >= limit):
             raise ParseError(503, "concurrency limit reached")
 
         cycle = RequestCycle(self, scope, keep_alive)
@@ -325,7 +333,7 @@ class HttpConnection(asyncio.Protocol):
         self.parsing = None
         if cycle is None or cycle is parsing:
             # Nothing owed first, or the running request itself is malformed.
-            if cycle is None or not cycle.written:
+            if cycle is None or cycle.state < STREAMING:
                 self.transport.write(self.rejection)
             self.close()
         elif parsing is not None:

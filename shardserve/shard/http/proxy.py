@@ -91,12 +91,17 @@ def _strip_port(node: str) -> tuple[str, int]:
     return host, int(port) if port.isdigit() else 0
 
 
+PROXY_HEADERS = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"))
+
+
 def apply_proxy_headers(
     scope: dict, headers: list[tuple[bytes, bytes]], trusted: TrustedProxies
 ) -> None:
     """Rewrite scope['client'] and scope['scheme'] from trusted proxy headers."""
     forwarded = x_for = x_proto = None
     for name, value in headers:
+        if name not in PROXY_HEADERS:
+            continue
         if name == b"x-forwarded-for":
             x_for = value
         elif name == b"x-forwarded-proto":

@@ -37,6 +37,58 @@ SPECIAL_HEADERS = {
 NO_BODY_STATUSES = frozenset({204, 304} | set(range(100, 200)))
 
 
+class InvalidHeader(RuntimeError):
+    """A response header the app sent that cannot be written safely."""
+
+
+# Rendered response header lines, by the app's (name, value) pair: apps send the same
+# few headers again and again, so each is checked and rendered once.  Entries are
+# (line, kind, argument): kind is 0 or one of the SPECIAL_HEADERS kinds, argument the
+# parsed Content-Length, or whether Transfer-Encoding says chunked / Connection close.
+_rendered: dict[tuple[bytes, bytes], tuple[bytes, int, object]] = {}
+_RENDERED_MAX = 1024
+_CACHEABLE_VALUE = 256
+
+
+def render_header(header) -> tuple[bytes, int, object]:
+    """Check and render one (name, value) response header."""
+    entry = _rendered.get(header) if type(header) is tuple else None
+    if entry is not None:
+        return entry
+    try:
+        name, value = header
+    except (TypeError, ValueError):
+        raise InvalidHeader(f"response header {header!r} is not a (name, value) pair") from None
+    if type(name) is not bytes or type(value) is not bytes:
+        name, value = _as_bytes(name), _as_bytes(value)
+    if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value or b":" in name:
+        raise InvalidHeader(f"invalid response header {header!r}: CR, LF or ':' in it")
+    if not name:
+        raise InvalidHeader("empty response header name")
+    kind = SPECIAL_HEADERS.get(name.lower(), 0)
+    argument: object = None
+    if kind == CONTENT_LENGTH:
+        argument = int(value) if value.isdigit() else -1
+        if argument < 0:
+            raise InvalidHeader(f"invalid Content-Length {value!r}")
+    elif kind == TRANSFER_ENCODING:
+        argument = b"chunked" in value.lower()
+    elif kind == CONNECTION:
+        argument = b"close" in value.lower()
+    entry = (b"%s: %s\r\n" % (name, value), kind, argument)
+    if type(header) is tuple and len(value) <= _CACHEABLE_VALUE:
+        if len(_rendered) >= _RENDERED_MAX:
+            _rendered.clear()
+        _rendered[header] = entry
+    return entry
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidHeader(f"response header names and values must be bytes, not {value!r}")
+
+
 def canned_response(status: int, body: bytes | None = None, extra: bytes = b"") -> bytes:
     """A complete, connection-closing plain-text response the server sends by itself."""
     if body is None:
