@@ -30,6 +30,19 @@ class LevelPrefixFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class DirectStreamHandler(logging.StreamHandler):
+    """The default access-log handler: the access log writes its lines to this
+    handler's stream itself (see shard/access_log.py) and flushes it once per tick."""
+
+    prefix = "INFO:     "
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+
 DEFAULT_LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -45,7 +58,7 @@ DEFAULT_LOGGING = {
         },
         "access": {
             "formatter": "access",
-            "class": "logging.StreamHandler",
+            "()": DirectStreamHandler,
             "stream": "ext://sys.stdout",
         },
     },

@@ -141,6 +141,7 @@ class Shard:
             server.close()
         await self._drain(state)
         self._ticker.cancel()
+        state.access_logger.flush()
         if lifespan is not None:
             await lifespan.shutdown()
         return ShardReport(index=self.index, counters=state.counters.as_dict())

@@ -14,6 +14,7 @@ from email.utils import formatdate
 from typing import Any
 
 from ..config import Config
+from .access_log import AccessLog
 from .http.parser import Limits, parser_class
 from .http.proxy import parse_trusted
 from .http.response import DATE, SERVER, canned_response
@@ -55,7 +56,7 @@ class ShardState:
         self.timeout_request_header = config.timeout_request_header
         access_logger = logging.getLogger("shardserve.access")
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
-        self.access_logger = access_logger
+        self.access_logger = AccessLog(access_logger)
         self.lifespan_state: dict[str, Any] = {}
         self.connections: set = set()
         self.active_requests = 0
@@ -77,6 +78,8 @@ class ShardState:
     def tick(self) -> None:
         """Advance the coarse clock; rebuild the default headers when the second changes."""
         self.now = self.loop.time()
+        if self.access_log:
+            self.access_logger.flush()
         second = int(time.time())
         if second != self._second:
             self._second = second

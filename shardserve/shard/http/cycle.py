@@ -191,7 +191,7 @@ class RequestCycle:
         message_type = message["type"]
         state = self.state
         if message_type == "http.response.body":
-            if state == HEAD_PENDING or state == STREAMING:
+            if state in (HEAD_PENDING, STREAMING):
                 self._write_body(message.get("body", b""), message.get("more_body", False))
                 return
         elif message_type == "http.response.start" and state == NOT_STARTED:

@@ -304,16 +304,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _log_access(self, cycle: RequestCycle) -> None:
         scope = cycle.scope
-        client = scope["client"]
         query = scope["query_string"]
         path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        self.shard.access_logger.info(
-            '%s - "%s %s HTTP/%s" %d',
-            f"{client[0]}:{client[1]}" if client else "-",
-            scope["method"],
-            path,
-            scope["http_version"],
-            cycle.status,
+        self.shard.access_logger.log(
+            scope["client"], scope["method"], path, scope["http_version"], cycle.status
         )
 
     # Errors, timeouts and shutdown -----------------------------------------------------
