@@ -1,0 +1,282 @@
+"""Start real shardserve processes for tests and talk to them over real sockets.
+
+Every server a test starts goes through ``ServerFactory`` (the ``serve`` fixture),
+which stops it at teardown, so no process outlives its test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+READY = re.compile(r"shardserve running on (https?)(?:\+unix)?://(\S+?)(?::(\d+))? \(")
+
+# Parser back-ends every HTTP behaviour test runs against.
+BACKENDS = ["httptools", "h11"]
+
+
+class Server:
+    """A shardserve process started by a test, with its merged stdout/stderr captured."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.scheme = "http"
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        """Wait until a line of output matches ``pattern`` (a regex); return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no output line matched {pattern!r}:\n{self.output}")
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise RuntimeError(
+                        f"server exited ({self.proc.returncode}) before {pattern!r}:\n"
+                        + "\n".join(self.lines)
+                    )
+                self._changed.wait(min(remaining, 0.1))
+
+    def wait_ready(self, timeout: float = 15.0) -> Server:
+        match = self.wait_for(READY.pattern, timeout)
+        self.scheme = match.group(1)
+        if match.group(3):
+            self.host = match.group(2).strip("[]")
+            self.port = int(match.group(3))
+        return self
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGINT, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+class ServerFactory:
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+
+    def __call__(
+        self,
+        app: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready: bool = True,
+        port: bool = True,
+        timeout: float = 15.0,
+    ) -> Server:
+        """Start ``shardserve APP ARGS`` on a free port (unless ``port=False``)."""
+        argv = [sys.executable, "-m", "shardserve", app]
+        if port:
+            argv += ["--port", "0"]
+        argv += list(args)
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")]
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env.update(env or {})
+        server = Server(argv, full_env, cwd or ROOT)
+        self.servers.append(server)
+        if ready:
+            server.wait_ready(timeout)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+# Raw-socket helpers ------------------------------------------------------------------
+
+
+def connect(server: Server, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (or ``timeout`` passes)."""
+    sock.settimeout(timeout)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def exchange(server: Server, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a new connection, return everything received until close."""
+    with connect(server, timeout) as sock:
+        sock.sendall(raw)
+        return read_until_close(sock, timeout)
+
+
+def is_closed(sock: socket.socket, timeout: float = 2.0) -> bool:
+    """True if the server closed the connection (EOF or reset) within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+class Response:
+    """One HTTP/1.1 response parsed off a byte stream (status, headers, body)."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers} {self.body[:60]!r}>"
+
+
+def parse_responses(data: bytes, head_requests: int = 0) -> list[Response]:
+    """Split a byte stream into responses; the first ``head_requests`` final ones
+    (answers to HEAD) carry no body.  Interim (1xx) responses are included."""
+    responses = []
+    finals = 0
+    rest = data
+    while rest:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError(f"incomplete response head: {head!r}")
+        lines = head.decode("latin-1").split("\r\n")
+        _, status_text, *reason = lines[0].split(" ", 2)
+        status = int(status_text)
+        headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+        response = Response(status, reason[0] if reason else "", headers, b"")
+        responses.append(response)
+        if status < 200:
+            continue
+        finals += 1
+        if finals <= head_requests or status in (204, 304):
+            continue
+        length = response.header("content-length")
+        if (response.header("transfer-encoding") or "").lower() == "chunked":
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    _, _, rest = rest.partition(b"\r\n")
+                    break
+                body += rest[:size]
+                rest = rest[size + 2 :]
+            response.body = body
+        elif length is not None:
+            response.body = rest[: int(length)]
+            rest = rest[int(length) :]
+        else:
+            response.body, rest = rest, b""
+    return responses
+
+
+@contextlib.contextmanager
+def running(factory: ServerFactory, app: str, *args: str, **kwargs) -> Iterator[Server]:
+    server = factory(app, *args, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
