@@ -36,7 +36,9 @@ def test_scope(serve, backend):
 
 def test_pipelined_raw(serve, backend):
     server = serve("apps.echo:hello", "--http", backend)
-    raw = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    raw = (
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     responses = parse_responses(exchange(server, raw))
     assert [r.status for r in responses] == [200, 200]
     assert [r.body for r in responses] == [b"Hello, world!"] * 2

@@ -165,7 +165,8 @@ class RequestCycle:
         await waiter
 
     def _send_continue_if_expected(self) -> None:
-        if self.state != NOT_STARTED:
+        # HTTP/1.0 clients cannot take a 1xx response: their expectation is ignored.
+        if self.state != NOT_STARTED or self.scope["http_version"] != "1.1":
             return
         for name, value in self.scope["headers"]:
             if name == b"expect" and value.lower() == b"100-continue":
