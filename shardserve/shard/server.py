@@ -162,7 +162,7 @@ class Shard:
     async def _drain(self, state: ShardState) -> None:
         """Close idle connections now; give in-flight requests until the grace timeout."""
         for conn in tuple(state.connections):
-            conn.shutdown()
+            conn.close_when_idle()
         timeout = self.config.timeout_graceful_shutdown
         deadline = None if timeout is None else time.monotonic() + timeout
         if state.connections or state.active_requests:

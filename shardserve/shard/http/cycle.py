@@ -120,6 +120,10 @@ class RequestCycle:
             logger.error("Exception in ASGI application", exc_info=exc)
         if self.state != COMPLETE:
             self._abort()
+        else:
+            # The response went out whole, but the app is broken: do not trust the
+            # connection with another request (close now, or after the one in flight).
+            self.conn.close_when_idle()
 
     def _abort(self) -> None:
         """End the exchange after a failure: a 500 if nothing was written, else a close."""

@@ -113,7 +113,10 @@ def check_framing(http_version: str, headers: list[tuple[bytes, bytes]]) -> None
 
 
 def check_version(http_version: str) -> None:
+    """HTTP/1.0 and 1.1 only: another major version is 505, another 1.x malformed (400)."""
     if http_version != "1.1" and http_version != "1.0":
+        if http_version.startswith("1."):
+            raise ParseError(400, f"invalid HTTP version {http_version}")
         raise ParseError(505, f"HTTP/{http_version} is not supported")
 
 

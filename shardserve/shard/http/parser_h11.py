@@ -28,18 +28,23 @@ _PAUSED = h11.PAUSED
 
 
 class H11Parser:
-    __slots__ = ("sink", "limits", "conn")
+    __slots__ = ("sink", "limits", "conn", "head")
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         self.sink = sink
         self.limits = limits
         self.conn = self._new_connection()
+        # The bytes of the request head being received: h11 merges repeated identical
+        # Content-Length fields, which the other back-ends reject, so we look ourselves.
+        self.head = b""
 
     def _new_connection(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.head)
 
     def feed(self, data: bytes) -> None:
         conn = self.conn
+        if conn.their_state is h11.IDLE:
+            self.head += data
         conn.receive_data(data)
         sink = self.sink
         while True:
@@ -60,6 +65,7 @@ class H11Parser:
                 sink.on_request_end()
                 leftover = conn.trailing_data[0]
                 conn = self.conn = self._new_connection()
+                self.head = leftover
                 if leftover:
                     conn.receive_data(leftover)
             elif event is _PAUSED:
@@ -85,6 +91,10 @@ class H11Parser:
         http_version = event.http_version.decode("ascii")
         check_version(http_version)
         check_framing(http_version, headers)
+        head = self.head.partition(b"\r\n\r\n")[0].lower()
+        self.head = b""
+        if head.count(b"\ncontent-length:") > 1:
+            raise ParseError(400, "duplicate Content-Length")
         self.sink.on_request(
             decode_method(event.method),
             target,

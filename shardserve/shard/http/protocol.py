@@ -343,8 +343,8 @@ class HttpConnection(asyncio.Protocol):
             self.timer = NO_TIMER
             self.reject(408, "request head not received in time")
 
-    def shutdown(self) -> None:
-        """Graceful shutdown: close now if idle, else after the current response."""
+    def close_when_idle(self) -> None:
+        """Close now if idle, else after the response in flight (graceful shutdown)."""
         self.draining = True
         if self.cycle is None:
             self.close()
