@@ -37,9 +37,8 @@ class Coordinator:
             logger.info("shardserve running on %s (Press CTRL+C to quit)", where)
 
         shard.on_ready = ready
-        logger.info("Started shard 0 [%d]", os.getpid())
         try:
-            shard.run(setup=self._install_signal_handlers)
+            report = shard.run(setup=self._install_signal_handlers)
         finally:
             for sock in sockets:
                 sock.close()
@@ -47,7 +46,7 @@ class Coordinator:
                 with contextlib.suppress(OSError):
                     os.unlink(config.uds)
         logger.info("Finished shard 0 [%d]", os.getpid())
-        return 0
+        return report.exit_code
 
     def _install_signal_handlers(self, loop, shard: Shard) -> None:
         def on_signal(signum: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -61,7 +62,7 @@ class Shard:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.state: ShardState | None = None
         self._stop: asyncio.Event | None = None
-        self._forced = False
+        self._force: asyncio.Event | None = None
         self.on_ready: Callable[[Shard], None] | None = None
 
     # Hosting ----------------------------------------------------------------------
@@ -89,9 +90,26 @@ class Shard:
             self.loop.call_soon_threadsafe(self._stop.set)
 
     def force_stop(self) -> None:
-        """Stop without waiting for in-flight requests (a second Ctrl+C)."""
-        self._forced = True
+        """Stop without waiting for anything (a second Ctrl+C): in-flight requests,
+        a lifespan startup or shutdown that hangs."""
+        if self.loop is not None and self._force is not None:
+            self.loop.call_soon_threadsafe(self._force.set)
         self.request_stop()
+
+    async def _unless_forced(self, coro) -> bool:
+        """Run ``coro`` to its end unless a forced stop comes first; True if it ended."""
+        task = asyncio.ensure_future(coro)
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait((task, force), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
 
     # Serving ------------------------------------------------------------------------
 
@@ -99,17 +117,21 @@ class Shard:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()
         config = self.config
         app = self.app
         if app is None or isinstance(app, str):
             app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        logger.info("Started shard %d [%d]", self.index, os.getpid())
         state = self.state = ShardState(config, app, loop)
         state.on_max_requests = self._on_max_requests
 
         lifespan = None
         if config.lifespan != "off":
             lifespan = Lifespan(app, config.lifespan, state.lifespan_state)
-            await lifespan.startup()
+            if not await self._unless_forced(lifespan.startup()):
+                logger.info("Startup abandoned.")
+                return ShardReport(index=self.index, exit_code=1)
 
         ssl_context = None
         scheme = "http"
@@ -142,8 +164,8 @@ class Shard:
         await self._drain(state)
         self._ticker.cancel()
         state.access_logger.flush()
-        if lifespan is not None:
-            await lifespan.shutdown()
+        if lifespan is not None and not self._force.is_set():
+            await self._unless_forced(lifespan.shutdown())
         return ShardReport(index=self.index, counters=state.counters.as_dict())
 
     def _tick(self) -> None:
@@ -167,7 +189,7 @@ class Shard:
         deadline = None if timeout is None else time.monotonic() + timeout
         if state.connections or state.active_requests:
             logger.info("Waiting for in-flight requests to finish.")
-        while (state.connections or state.active_requests) and not self._forced:
+        while (state.connections or state.active_requests) and not self._force.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 logger.warning("Graceful shutdown timed out; closing remaining connections.")
                 break

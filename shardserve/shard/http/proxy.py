@@ -46,13 +46,13 @@ def parse_trusted(value: str | Iterable[str]) -> TrustedProxies:
         if item == "*":
             everything = True
             continue
+        if item.startswith(("unix:", "/")):
+            names.add(item)  # a unix socket peer
+            continue
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            if item.startswith("unix:") or "/" in item:
-                names.add(item)
-            else:
-                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
     return TrustedProxies(everything, networks, names)
 
 
@@ -102,25 +102,28 @@ def apply_proxy_headers(
     for name, value in headers:
         if name not in PROXY_HEADERS:
             continue
+        # Repeated lines of a list header mean the same as one comma-joined line.
         if name == b"x-forwarded-for":
-            x_for = value
+            x_for = value if x_for is None else x_for + b"," + value
         elif name == b"x-forwarded-proto":
-            x_proto = value
+            x_proto = value if x_proto is None else x_proto + b"," + value
         elif name == b"forwarded":
             forwarded = value if forwarded is None else forwarded + b"," + value
     if forwarded is not None:
         elements = _forwarded_elements(forwarded.decode("latin-1"))
         hops = [e["for"] for e in elements if "for" in e]
         chosen = _pick_client([_strip_port(h)[0] for h in hops], trusted)
+        # The element that names the client; without any "for", the nearest proxy's.
+        element = elements[-1] if elements else {}
         if chosen is not None:
-            for element in elements:
-                if _strip_port(element.get("for", ""))[0] == chosen:
-                    host, port = _strip_port(element["for"])
-                    scope["client"] = (host, port)
-                    proto = _SCHEMES.get(element.get("proto", "").lower())
-                    if proto is not None:
-                        scope["scheme"] = _ws_scheme(scope, proto)
+            for candidate in elements:
+                if _strip_port(candidate.get("for", ""))[0] == chosen:
+                    element = candidate
+                    scope["client"] = _strip_port(candidate["for"])
                     break
+        proto = _SCHEMES.get(element.get("proto", "").lower())
+        if proto is not None:
+            scope["scheme"] = _ws_scheme(scope, proto)
         return
     if x_proto is not None:
         proto = _SCHEMES.get(x_proto.decode("latin-1").split(",")[-1].strip().lower())
