@@ -1,8 +1,10 @@
 """The example app answers over a real socket, with every back-end."""
 
+import time
+
 import httpx
 
-from serving import exchange, parse_responses
+from serving import connect, exchange, parse_responses, read_until_close
 
 
 def test_hello(serve, backend):
@@ -42,3 +44,36 @@ def test_pipelined_raw(serve, backend):
     responses = parse_responses(exchange(server, raw))
     assert [r.status for r in responses] == [200, 200]
     assert [r.body for r in responses] == [b"Hello, world!"] * 2
+
+
+def _versions(data: bytes) -> list[str]:
+    import json
+
+    return [json.loads(r.body)["http_version"] for r in parse_responses(data)]
+
+
+def test_http_version_wherever_the_request_line_falls(serve, backend):
+    """The version is right whether a request line starts a packet, follows another
+    request or a body tail in the same packet, or is split across packets.  (The app
+    sends no Content-Length, so each HTTP/1.0 response ends the connection.)"""
+    server = serve("apps.echo:scope_json", "--http", backend)
+    cases = [
+        ([b"GET /a HTTP/1.0\r\n\r\n"], ["1.0"]),
+        ([b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.0\r\n\r\n"], ["1.1", "1.0"]),
+        (
+            [
+                b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",
+                b"cdeGET /d HTTP/1.0\r\n\r\n",
+            ],
+            ["1.1", "1.0"],
+        ),
+        ([b"GET /e HTTP/1.", b"0\r\n\r\n"], ["1.0"]),
+        ([b"GET /f HTTP/1.1\r", b"\nHost: x\r\nConnection: close\r\n\r\n"], ["1.1"]),
+    ]
+    for pieces, expected in cases:
+        with connect(server) as sock:
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.1)
+            data = read_until_close(sock, timeout=3)
+        assert _versions(data) == expected, pieces

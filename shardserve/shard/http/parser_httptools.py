@@ -26,10 +26,12 @@ class HttptoolsParser:
         "headers",
         "host",
         "in_head",
+        "in_message",
         "head_bytes",
-        # llhttp calls these directly: the sink's own methods, no hop through here.
+        "chunk",
+        "_on_request_end",
+        # llhttp calls this directly: the sink's own method, no hop through here.
         "on_body",
-        "on_message_complete",
     )
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
@@ -40,9 +42,11 @@ class HttptoolsParser:
         self.headers: list[tuple[bytes, bytes]] = []
         self.host = False
         self.in_head = False
+        self.in_message = False  # a head is complete, its body not yet
         self.head_bytes = 0
+        self.chunk = None
+        self._on_request_end = sink.on_request_end
         self.on_body = sink.on_body
-        self.on_message_complete = sink.on_request_end
         self.parser = httptools.HttpRequestParser(self)
 
     def feed(self, data: bytes) -> None:
@@ -51,6 +55,10 @@ class HttptoolsParser:
             self.head_bytes += len(data)
             if self.head_bytes > self.limits.head:
                 raise ParseError(431, "request header fields too large")
+            self.chunk = None
+        else:
+            # Unless a body is still arriving, this chunk starts with a request line.
+            self.chunk = None if self.in_message else data
         try:
             self.parser.feed_data(data)
         except _HttpParserCallbackError as exc:
@@ -63,6 +71,7 @@ class HttptoolsParser:
             # switch to, the request was served as plain HTTP: parse on afresh.
             offset = exc.args[0] if exc.args else len(data)
             self.parser = httptools.HttpRequestParser(self)
+            self.in_head = self.in_message = False
             rest = data[offset:]
             if rest:
                 self.feed(rest)
@@ -96,17 +105,26 @@ class HttptoolsParser:
         if len(headers) > self.limits.fields:
             raise ParseError(431, "too many request header fields")
         parser = self.parser
-        http_version = parser.get_http_version()
+        method = parser.get_method()
+        url = self.url
+        chunk = self.chunk
+        http_version = None
+        if chunk is not None:
+            # The first head of a chunk that began with it: read the version from the
+            # request line llhttp just parsed (cheaper than get_http_version()).
+            self.chunk = None
+            http_version = _request_line_version(chunk, method, url)
+        if http_version is None:
+            http_version = parser.get_http_version()
         if http_version != "1.1":
             check_version(http_version)
         elif not self.host:
             raise ParseError(400, "missing Host header")
-        url = self.url
         self.url = b""
         self.headers = []
         self.host = False
         self.in_head = False
-        method = parser.get_method()
+        self.in_message = True
         self.sink.on_request(
             METHODS.get(method) or decode_method(method),
             url,
@@ -114,3 +132,18 @@ class HttptoolsParser:
             headers,
             parser.should_keep_alive(),
         )
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self._on_request_end()
+
+
+def _request_line_version(chunk: bytes, method: bytes, url: bytes) -> str | None:
+    """'1.1' or '1.0' if ``chunk`` starts with exactly 'METHOD URL HTTP/1.x\\r\\n'."""
+    end = len(method) + 1 + len(url)
+    if chunk.startswith(method) and chunk.startswith(url, len(method) + 1):
+        if chunk.startswith(b" HTTP/1.1\r\n", end):
+            return "1.1"
+        if chunk.startswith(b" HTTP/1.0\r\n", end):
+            return "1.0"
+    return None
