@@ -43,9 +43,18 @@ def _nothing() -> None:
 
 
 @types.coroutine
-def _drive(coro, context, yielded):
+def _drive(coro, context, yielded, cancelled):
     """Carry on a coroutine suspended outside any task: re-yield what it waits on."""
     run = context.run
+    if cancelled:
+        # Its task was cancelled during the first step: as a task would, cancel what it
+        # waits on and raise CancelledError where it waits.
+        if isinstance(yielded, asyncio.Future):
+            yielded.cancel()
+        try:
+            yielded = run(coro.throw, asyncio.CancelledError())
+        except StopIteration:
+            return
     while True:
         try:
             value = yield yielded
@@ -62,54 +71,75 @@ def _drive(coro, context, yielded):
 
 
 class _HostTask:
-    """Python 3.11: one parked task per connection that eager steps run inside."""
+    """Python 3.11: a parked task that a connection's eager first steps run inside.
 
-    __slots__ = ("loop", "task", "handoff", "busy")
+    A host is reused only while nobody can tell it is shared: a request that finishes
+    in its first step and leaves no new reference to the task (compared with
+    ``sys.getrefcount``) and no pending cancel.  A request that keeps the task (for
+    anyio, a timer, a later cancel) retires the host; a request that suspends takes
+    the host with it, and the next request gets a new one.
+    """
+
+    __slots__ = ("loop", "task", "handoff")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.busy = False
-        self.handoff = None
-        self.task = None
+        self.task: asyncio.Task | None = None
+        self.handoff: asyncio.Future | None = None
 
     def start(self, coro) -> Any:
         """Call only from protocol callbacks (outside any task), as the connection does."""
         loop = self.loop
-        if self.busy:
-            return loop.create_task(coro)
         task = self.task
-        if task is None or task.done():
-            self.handoff = loop.create_future()
-            task = self.task = loop.create_task(self._park())
+        if task is None or task.cancelling():
+            task = self._new_host()
         context = copy_context()
+        references = getrefcount(task)
         _enter_task(loop, task)
         try:
             yielded = context.run(coro.send, None)
         except StopIteration:
-            return None
+            yielded = _FINISHED
         finally:
             _leave_task(loop, task)
-        self.busy = True
-        self.handoff.set_result((coro, context, yielded))
+        if yielded is _FINISHED:
+            if getrefcount(task) > references or task.cancelling():
+                self._retire()
+            return None
+        # Suspended: this host drives the request to its end, then finishes.
+        cancelled = task.cancelling() > 0  # the request cancelled its own task
+        if cancelled:
+            self._retire()
+            task = self._new_host()
+        self.task = None
+        self.handoff.set_result((coro, context, yielded, cancelled))
         return task
 
-    async def _park(self) -> None:
-        # Cancelled while parked (the connection closed, the loop is shutting down,
-        # or code kept a finished request's task and cancelled it): the host ends,
-        # and the next request on this connection makes a new one.
-        while True:
-            coro, context, yielded = await self.handoff
-            try:
-                await _drive(coro, context, yielded)
-            finally:
-                self.busy = False
-                self.handoff = self.loop.create_future()
+    def _new_host(self) -> asyncio.Task:
+        handoff = self.handoff = self.loop.create_future()
+        task = self.task = self.loop.create_task(_park(handoff))
+        return task
+
+    def _retire(self) -> None:
+        task = self.task
+        self.task = None
+        if task is not None:
+            task.cancel()
 
     def close(self) -> None:
-        task = self.task
-        if task is not None and not self.busy:
-            task.cancel()
+        self._retire()
+
+
+async def _park(handoff: asyncio.Future) -> None:
+    # Cancelled while parked (retired, the connection closed, the loop shutting down):
+    # the host simply ends.
+    coro, context, yielded, cancelled = await handoff
+    await _drive(coro, context, yielded, cancelled)
+
+
+_FINISHED = object()
 
 
 if sys.version_info < (3, 12):
     from asyncio.tasks import _enter_task, _leave_task  # private, stable through 3.11
+    from sys import getrefcount

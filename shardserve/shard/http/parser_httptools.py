@@ -110,10 +110,16 @@ class HttptoolsParser:
         chunk = self.chunk
         http_version = None
         if chunk is not None:
-            # The first head of a chunk that began with it: read the version from the
-            # request line llhttp just parsed (cheaper than get_http_version()).
+            # The first head of a chunk that began with it: the request line llhttp just
+            # parsed is at its start, so read the version there (get_http_version() costs
+            # a str.format per request).  Leading empty lines, which llhttp skips, only
+            # shift the bytes so that neither pattern matches.
             self.chunk = None
-            http_version = _request_line_version(chunk, method, url)
+            end = len(method) + len(url) + 1
+            if chunk.startswith(b" HTTP/1.1\r\n", end):
+                http_version = "1.1"
+            elif chunk.startswith(b" HTTP/1.0\r\n", end):
+                http_version = "1.0"
         if http_version is None:
             http_version = parser.get_http_version()
         if http_version != "1.1":
@@ -136,14 +142,3 @@ class HttptoolsParser:
     def on_message_complete(self) -> None:
         self.in_message = False
         self._on_request_end()
-
-
-def _request_line_version(chunk: bytes, method: bytes, url: bytes) -> str | None:
-    """'1.1' or '1.0' if ``chunk`` starts with exactly 'METHOD URL HTTP/1.x\\r\\n'."""
-    end = len(method) + 1 + len(url)
-    if chunk.startswith(method) and chunk.startswith(url, len(method) + 1):
-        if chunk.startswith(b" HTTP/1.1\r\n", end):
-            return "1.1"
-        if chunk.startswith(b" HTTP/1.0\r\n", end):
-            return "1.0"
-    return None
