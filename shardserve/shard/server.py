@@ -63,6 +63,7 @@ class Shard:
         self.state: ShardState | None = None
         self._stop: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self.on_ready: Callable[[Shard], None] | None = None
 
     # Hosting ----------------------------------------------------------------------
@@ -151,8 +152,7 @@ class Shard:
                     protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
                 )
             )
-        ticker = loop.call_later(TICK_SECONDS, self._tick)
-        self._ticker = ticker
+        self._ticker = loop.call_later(TICK_SECONDS, self._tick)
         if self.on_ready is not None:
             self.on_ready(self)
 

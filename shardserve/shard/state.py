@@ -23,12 +23,13 @@ from .http.response import DATE, SERVER, canned_response
 class ShardCounters:
     """What this shard did: read by stats reporting, written on the hot path."""
 
-    __slots__ = ("connections", "requests", "parse_errors", "app_errors", "timeouts")
+    # rejected: requests the server answered itself (malformed, too large, 408, 503).
+    __slots__ = ("connections", "requests", "rejected", "app_errors", "timeouts")
 
     def __init__(self) -> None:
         self.connections = 0
         self.requests = 0
-        self.parse_errors = 0
+        self.rejected = 0
         self.app_errors = 0
         self.timeouts = 0
 

@@ -3,18 +3,7 @@
 import json
 import os
 
-
-async def hello(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"Hello, world!"})
+from examples.hello import app as hello  # noqa: F401 - served as apps.echo:hello
 
 
 async def scope_json(scope, receive, send):

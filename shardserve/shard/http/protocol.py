@@ -187,6 +187,9 @@ class HttpConnection(asyncio.Protocol):
     ) -> None:
         self.timer = NO_TIMER
         shard = self.shard
+        limit = shard.limit_concurrency
+        if limit is not None and (len(shard.connections) > limit or shard.active_requests >= limit):
+            raise ParseError(503, "concurrency limit reached")
         if target[0] == 47:  # b"/": origin-form, nearly always
             raw_path, _, query = target.partition(b"?")
         else:
@@ -210,10 +213,6 @@ class HttpConnection(asyncio.Protocol):
             scope["raw_path"] = shard.root_path_bytes + raw_path
         if self.trusted:
             apply_proxy_headers(scope, headers, shard.trusted)
-
-        limit = shard.limit_concurrency
-        if limit is not None and (len(shard.connections) > limit or shard.active_requests >= limit):
-            raise ParseError(503, "concurrency limit reached")
 
         cycle = RequestCycle(self, scope, keep_alive)
         self.parsing = cycle
@@ -317,7 +316,7 @@ class HttpConnection(asyncio.Protocol):
         if self.rejection or self.closed:
             return
         shard = self.shard
-        shard.counters.parse_errors += 1
+        shard.counters.rejected += 1
         logger.debug("Invalid HTTP request (%d): %s", status, reason)
         self.rejection = shard.canned(status)
         self.parser = _Discard
