@@ -46,6 +46,7 @@ class Coordinator:
                 with contextlib.suppress(OSError):
                     os.unlink(config.uds)
         logger.info("Finished shard 0 [%d]", os.getpid())
+        logger.debug("Shard 0 report: %s", report.counters)
         return report.exit_code
 
     def _install_signal_handlers(self, loop, shard: Shard) -> None:
