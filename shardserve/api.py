@@ -6,20 +6,27 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .coord.coordinator import Coordinator
+from .coord.placement import Placement
 from .envfile import load_env_file
 from .logs import configure_logging
 
 
-def run(app: Any, **options: Any) -> int:
-    """Serve ``app`` until stopped; ``options`` are the Config fields (the CLI's flags)."""
+def run(app: Any, placement: Placement | None = None, **options: Any) -> int:
+    """Serve ``app`` until stopped; ``options`` are the Config fields (the CLI's flags).
+
+    ``placement`` lists the shards and their CPUs (see coord/placement.py), e.g.
+    ``Placement.physical_cores()``; without it, ``shards``, ``cpus`` and ``pin`` decide.
+    """
     try:
         config = Config(app=app, **options)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
-    return serve(config)
+    if placement is not None and not isinstance(app, str):
+        raise ConfigError("a placement needs the app as an import string ('module:attribute')")
+    return serve(config, placement)
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, placement: Placement | None = None) -> int:
     config.validate()
     if config.env_file:
         try:
@@ -27,4 +34,4 @@ def serve(config: Config) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--env-file: {exc}") from None
     configure_logging(config)
-    return Coordinator(config).run()
+    return Coordinator(config, placement).run()

@@ -20,7 +20,24 @@ from .errors import StartupError
 ENV_PREFIX = "SHARDSERVE"
 
 
+class ShardCount(click.ParamType):
+    name = "shards"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'auto'", param, ctx)
+        if count < 1:
+            self.fail(f"{count} is not a number of at least 1", param, ctx)
+        return count
+
+
 def _click_type(python_type: Any, meta: dict[str, Any]) -> Any:
+    if meta["kind"] == "shards":
+        return ShardCount()
     if meta["choices"]:
         return click.Choice(meta["choices"], case_sensitive=False)
     args = [a for a in typing.get_args(python_type) if a is not type(None)]

@@ -20,6 +20,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 HTTP_BACKENDS = ("auto", "httptools", "h11")
 LOOPS = ("auto", "uvloop", "asyncio")
 LIFESPAN_MODES = ("auto", "on", "off")
+STEERING = ("hash", "cpu")
 
 
 def option(
@@ -32,10 +33,12 @@ def option(
     minimum: float | None = None,
     metavar: str | None = None,
     flag: str | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Metadata for one field: how the CLI presents it."""
     return {
         "flag": flag,
+        "kind": kind,
         "help": help,
         "choices": choices,
         "negatable": negatable,
@@ -195,8 +198,41 @@ class Config:
     ssl_ciphers: str = field(default="TLSv1", metadata=option("TLS ciphers (see the ssl module)."))
 
     # Sharding.
-    shards: int = field(
-        default=1, metadata=option("Number of shards (one event loop each).", minimum=1)
+    shards: int | str = field(
+        default=1,
+        metadata=option(
+            "Number of shards (one event loop each), or 'auto': the usable CPUs, capped "
+            "by a cgroup CPU quota. One shard runs in this process; more run as processes.",
+            kind="shards",
+            metavar="N|auto",
+        ),
+    )
+    cpus: str | None = field(
+        default=None,
+        metadata=option("CPUs to place shards on, e.g. '0-3,8' (default: the usable CPUs)."),
+    )
+    pin: bool = field(default=False, metadata=option("Pin shard i to the i-th CPU of --cpus."))
+    reuseport_steering: str = field(
+        default="hash",
+        metadata=option(
+            "How the kernel spreads connections over shards: 'hash' of the 4-tuple, or "
+            "'cpu': the shard pinned to the CPU that received the connection (needs --pin).",
+            choices=STEERING,
+        ),
+    )
+    timeout_shard_heartbeat: float = field(
+        default=30.0,
+        metadata=option(
+            "Replace a shard whose event loop has not answered for this many seconds.",
+            minimum=1,
+        ),
+    )
+    limit_max_requests_jitter: int = field(
+        default=0,
+        metadata=option(
+            "Add up to this many requests (random, per shard) to --limit-max-requests.",
+            minimum=0,
+        ),
     )
 
     @property
@@ -222,8 +258,12 @@ class Config:
             if path and not os.path.isfile(path):
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} {path}: no such file")
-        if self.shards != 1:
-            raise ConfigError("--shards: only 1 shard is supported so far")
+        if self.shards != "auto" and (type(self.shards) is not int or self.shards < 1):
+            raise ConfigError(f"--shards {self.shards!r}: expected a number of at least 1, or auto")
+        if self.shards != 1 and not isinstance(self.app, str):
+            raise ConfigError(
+                "more than one shard needs the app as an import string ('module:attribute')"
+            )
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():

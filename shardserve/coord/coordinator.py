@@ -1,7 +1,8 @@
-"""The coordinator: creates the listeners and runs the shards.
+"""The coordinator: decides where shards run, creates the listeners, runs the shards.
 
-With one shard it hosts that shard in its own process and main thread, forwarding
-signals to it; multi-shard supervision builds on this.
+With the default ``--shards 1`` (and no pinning) it hosts that one shard in its own
+process and main thread, like a single uvicorn process; otherwise every shard is a
+process under the supervisor (supervisor.py).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import signal
 from ..config import Config
 from ..shard.server import Shard
 from .listeners import bind_listeners, describe
+from .placement import Placement, resolve_placement
 
 logger = logging.getLogger("shardserve.error")
 
 
 class Coordinator:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, placement: Placement | None = None) -> None:
         self.config = config
+        self.placement = placement
         self.signals_seen = 0
 
     def run(self) -> int:
@@ -29,6 +32,15 @@ class Coordinator:
             from ..shard.tls import create_ssl_context
 
             _check_tls(config, create_ssl_context)
+        placement, reason = resolve_placement(config, self.placement)
+        if self.placement is None and config.shards == 1 and not config.pin:
+            return self._run_in_process()
+        from .supervisor import Supervisor
+
+        return Supervisor(config, placement, reason).run()
+
+    def _run_in_process(self) -> int:
+        config = self.config
         sockets = bind_listeners(config, count=1)
         where = describe(sockets[0], config.is_ssl)
         shard = Shard(config, sockets, index=0, app=config.app)

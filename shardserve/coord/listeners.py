@@ -26,6 +26,18 @@ def bind_listeners(config: Config, count: int = 1) -> list[socket.socket]:
     return _bind_tcp_group(config.host, config.port, config.backlog, count)
 
 
+def add_listener(first: socket.socket, backlog: int) -> socket.socket:
+    """One more member of ``first``'s SO_REUSEPORT group (index: the group's size)."""
+    sock = _new_tcp_socket(first.family, reuseport=True)
+    try:
+        sock.bind(first.getsockname())
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def describe(sock: socket.socket, is_ssl: bool) -> str:
     """'http://127.0.0.1:8000' (or unix:/path) for the start-up log."""
     scheme = "https" if is_ssl else "http"

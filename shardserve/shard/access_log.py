@@ -1,9 +1,11 @@
 """The access log: one line per request, cheap enough to leave on.
 
-With shardserve's own logging set-up the line goes straight into stdout's buffer,
-flushed by the shard's ticker (at most a quarter second late) and at shutdown: no
-LogRecord, no lock, no write system call per request.  When the user configures
-logging (--log-config), lines go through the ``shardserve.access`` logger as usual.
+With shardserve's own logging set-up the line goes into a list, written out by the
+shard's ticker (at most a quarter second late) and at shutdown: no LogRecord, no
+lock, no write system call per request.  Each write is whole lines of at most
+PIPE_BUF bytes, so shards sharing one stdout pipe never split each other's lines.
+When the user configures logging (--log-config), lines go through the
+``shardserve.access`` logger as usual.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 from ..logs import DirectStreamHandler
 
 FORMAT = '%s - "%s %s HTTP/%s" %d'
+# Characters per write: at most 4 bytes each in UTF-8, so within PIPE_BUF (4096).
+ATOMIC_WRITE = 1024
 
 
 class AccessLog:
@@ -20,6 +24,7 @@ class AccessLog:
         self.logger = logger
         self.stream = None
         self.prefix = ""
+        self.lines: list[str] = []
         handlers = logger.handlers
         if (
             len(handlers) == 1
@@ -33,15 +38,30 @@ class AccessLog:
 
     def log(self, client: tuple | None, method: str, path: str, version: str, status: int) -> None:
         address = f"{client[0]}:{client[1]}" if client else "-"
-        stream = self.stream
-        if stream is not None:
-            stream.write(f'{self.prefix}{address} - "{method} {path} HTTP/{version}" {status}\n')
+        if self.stream is not None:
+            line = f'{self.prefix}{address} - "{method} {path} HTTP/{version}" {status}\n'
+            self.lines.append(line)
         else:
             self.logger.info(FORMAT, address, method, path, version, status)
 
     def flush(self) -> None:
-        if self.stream is not None:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+        lines = self.lines
+        if not lines:
+            return
+        self.lines = []
+        stream = self.stream
+        try:
+            stream.flush()  # whatever else was written to it goes first
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > ATOMIC_WRITE:
+                    stream.write("".join(chunk))
+                    stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            stream.write("".join(chunk))
+            stream.flush()
+        except (OSError, ValueError):
+            pass

@@ -24,6 +24,7 @@ from .state import ShardState
 logger = logging.getLogger("shardserve.error")
 
 TICK_SECONDS = 0.25
+TICKS_PER_SECOND = 4
 
 
 @dataclass
@@ -64,7 +65,15 @@ class Shard:
         self._stop: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self._ticks = 0
+        self._close_idle: bool | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._serve_socket: Callable[[socket.socket], Any] | None = None
+        # Hooks for whoever hosts the shard (the coordinator's process shard sets them).
         self.on_ready: Callable[[Shard], None] | None = None
+        self.on_second: Callable[[Shard], None] | None = None
+        # Called when --limit-max-requests is reached; by default the shard stops.
+        self.on_max_requests: Callable[[Shard], None] | None = None
 
     # Hosting ----------------------------------------------------------------------
 
@@ -85,8 +94,18 @@ class Shard:
                 asyncio.set_event_loop(None)
                 loop.close()
 
-    def request_stop(self) -> None:
-        """Begin a graceful stop; safe to call from any thread, more than once."""
+    def request_stop(self, close_idle: bool = True) -> None:
+        """Begin a graceful stop; safe to call from any thread, more than once.
+
+        ``close_idle=False`` (a shard being replaced) leaves idle keep-alive
+        connections open until their next request, answered with ``connection:
+        close``, or their keep-alive timeout: no client sees its idle connection
+        closed under a request it is sending.
+        """
+        if not close_idle and self._close_idle is None:
+            self._close_idle = False
+        elif close_idle:
+            self._close_idle = True
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
 
@@ -145,13 +164,15 @@ class Shard:
         def protocol_factory() -> HttpConnection:
             return HttpConnection(state, scheme)
 
-        servers = []
-        for sock in self.sockets:
-            servers.append(
-                await loop.create_server(
-                    protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
-                )
+        async def serve_socket(sock: socket.socket) -> None:
+            server = await loop.create_server(
+                protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
             )
+            self._servers.append(server)
+
+        self._serve_socket = serve_socket
+        for sock in self.sockets:
+            await serve_socket(sock)
         self._ticker = loop.call_later(TICK_SECONDS, self._tick)
         if self.on_ready is not None:
             self.on_ready(self)
@@ -159,7 +180,7 @@ class Shard:
         await self._stop.wait()
 
         state.draining = True
-        for server in servers:
+        for server in self._servers:
             server.close()
         await self._drain(state)
         self._ticker.cancel()
@@ -172,19 +193,35 @@ class Shard:
         state = self.state
         state.tick()
         state.sweep_timeouts()
+        self._ticks += 1
+        if self.on_second is not None and self._ticks % TICKS_PER_SECOND == 0:
+            self.on_second(self)
         self._ticker = self.loop.call_later(TICK_SECONDS, self._tick)
 
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve one more listener from now on (the coordinator hands it over)."""
+        self.sockets.append(sock)
+        if self._serve_socket is not None and not self._stop.is_set():
+            self.loop.create_task(self._serve_socket(sock))
+
     def _on_max_requests(self) -> None:
-        if not self._stop.is_set():
-            logger.info(
-                "Maximum request limit of %d exceeded. Stopping.", self.config.limit_max_requests
-            )
-            self._stop.set()
+        if self._stop.is_set():
+            return
+        if self.on_max_requests is not None:
+            self.on_max_requests(self)
+            return
+        logger.info(
+            "Maximum request limit of %d exceeded. Stopping.", self.config.limit_max_requests
+        )
+        self._stop.set()
 
     async def _drain(self, state: ShardState) -> None:
         """Close idle connections now; give in-flight requests until the grace timeout."""
         for conn in tuple(state.connections):
-            conn.close_when_idle()
+            if self._close_idle is False:
+                conn.draining = True  # the next response says connection: close
+            else:
+                conn.close_when_idle()
         timeout = self.config.timeout_graceful_shutdown
         deadline = None if timeout is None else time.monotonic() + timeout
         if state.connections or state.active_requests:

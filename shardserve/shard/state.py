@@ -90,6 +90,7 @@ class ShardState:
             self._canned.clear()
 
     def max_requests_reached(self) -> None:
+        self.limit_max_requests = None  # once
         if self.on_max_requests is not None:
             self.on_max_requests()
 

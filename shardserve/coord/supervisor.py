@@ -1,0 +1,599 @@
+"""Process shards under supervision: start, watch, replace, roll, resize, stop.
+
+The supervisor owns every listening socket for its whole life (so a shard that dies
+loses only the connections it had accepted; those queued wait for its replacement),
+forks shards through the template process, and speaks to each over its control
+channel.  Where shards are restarted: ``_on_exit`` (crashes, with backoff),
+``_replace`` (rolling restart, --limit-max-requests, heartbeat watchdog kills are
+crashes).  Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+
+from ..config import Config
+from ..control import Channel
+from ..errors import StartupError
+from ..messages import (
+    Adopt,
+    Configure,
+    Drain,
+    Fatal,
+    Heartbeat,
+    MessageError,
+    MsgspecCodec,
+    Ready,
+    Retire,
+    Spawn,
+    Spawned,
+    Stats,
+    Stop,
+)
+from .listeners import add_listener, bind_listeners, describe
+from .placement import Placement
+from .steering import attach_cpu_steering
+
+logger = logging.getLogger("shardserve.error")
+
+# A shard that dies this soon after starting counts towards the crash loop.
+STABLE_SECONDS = 10.0
+MAX_CONSECUTIVE_FAILURES = 5
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+EXIT_MARGIN = 5.0  # beyond the graceful timeout, before a draining shard is killed
+
+
+class ShardFailed(StartupError):
+    """A shard could not start, or keeps failing: the message is the shard's error."""
+
+
+class ShardProcess:
+    """One generation of one shard: a forked process and its control channel."""
+
+    def __init__(self, slot: Slot, generation: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.slot = slot
+        self.index = slot.index
+        self.generation = generation
+        self.pid = 0
+        self.pidfd = -1
+        self.channel: Channel | None = None
+        self.state = "starting"
+        self.started = time.monotonic()
+        self.ready_at: float | None = None
+        self.last_beat = self.started
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.expected_exit = False
+        self.fatal: Fatal | None = None
+        self.stats: Stats | None = None
+        self.kill_reason = ""
+
+    def send(self, message) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    def kill(self, reason: str) -> None:
+        if self.pid and not self.exited.done():
+            self.kill_reason = reason
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def describe(self) -> str:
+        return f"shard {self.index} [{self.pid}]"
+
+
+@dataclasses.dataclass
+class Slot:
+    """A shard's place: its index, its listeners and CPUs, and its current process."""
+
+    index: int
+    listeners: list[socket.socket]
+    cpus: tuple[int, ...] | None
+    generation: int = 0
+    current: ShardProcess | None = None
+    failures: int = 0
+    busy: bool = False  # a replacement is under way
+
+
+class Supervisor:
+    def __init__(self, config: Config, placement: Placement, reason: str) -> None:
+        self.config = config
+        self.placement = placement
+        self.reason = reason
+        self.codec = MsgspecCodec()
+        self.slots: list[Slot] = []
+        self.orphans: list[socket.socket] = []  # listeners of removed shards, kept open
+        self.sockets: list[socket.socket] = []
+        self.template: subprocess.Popen | None = None
+        self.template_channel: Channel | None = None
+        self.spawn_waiters: deque[asyncio.Future[Spawned]] = deque()
+        self.stopping = False
+        self.running = False
+        self.stopped: asyncio.Event | None = None
+        self.exit_code = 0
+        self.failure: str | None = None
+        self.failure_code = 1
+        self.signals_seen = 0
+        self.rolling = False
+        self.totals = {"requests": 0, "restarts": 0}
+        self.config_dict = dataclasses.asdict(config)
+
+    # Running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        return asyncio.run(self.main())
+
+    async def main(self) -> int:
+        self.stopped = asyncio.Event()
+        _become_child_subreaper()
+        self._bind()
+        try:
+            await self._start_template()
+            self._install_signal_handlers()
+            await self._start_all()
+            if not self.stopping:
+                self.running = True
+                watchdog = asyncio.create_task(self._watchdog())
+                await self.stopped.wait()
+                watchdog.cancel()
+            await self._shutdown()
+        finally:
+            self._close()
+        if self.failure is not None:
+            error = ShardFailed(self.failure)
+            error.exit_code = self.failure_code
+            raise error
+        return self.exit_code
+
+    def _bind(self) -> None:
+        config = self.config
+        count = len(self.placement)
+        shared = config.uds is not None or config.fd is not None
+        self.sockets = bind_listeners(config, count=1 if shared else count)
+        if config.reuseport_steering == "cpu":
+            attach_cpu_steering(self.sockets[0])
+        for spec in self.placement.shards:
+            listeners = [self.sockets[0]] if shared else [self.sockets[spec.index]]
+            self.slots.append(Slot(spec.index, listeners, spec.cpus))
+        self.where = describe(self.sockets[0], config.is_ssl)
+
+    async def _start_all(self) -> None:
+        logger.info(
+            "Starting %d shard%s (%s), coordinator pid %d",
+            len(self.slots),
+            "s" if len(self.slots) != 1 else "",
+            self.reason,
+            os.getpid(),
+        )
+        procs = []
+        for slot in self.slots:
+            proc = await self._spawn(slot)
+            slot.current = proc
+            procs.append(proc)
+        pending = {asyncio.ensure_future(_first(proc.ready, proc.exited)) for proc in procs}
+        while pending and not self.stopping:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for proc in procs:
+                if proc.exited.done() and proc.state != "ready":
+                    self._fail(f"shard {proc.index} failed to start: {_error_of(proc)}", proc)
+                    break
+        for task in pending:
+            task.cancel()
+        if not self.stopping:
+            logger.info("shardserve running on %s (Press CTRL+C to quit)", self.where)
+
+    def _fail(self, message: str, proc: ShardProcess | None = None) -> None:
+        """Stop the whole server, reporting ``message`` as its one-line error."""
+        if self.failure is None:
+            self.failure = message
+            if proc is not None and proc.fatal is not None:
+                self.failure_code = proc.fatal.exit_code
+        self._begin_stop(force=True)
+
+    # Template ---------------------------------------------------------------------------
+
+    async def _start_template(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.template = subprocess.Popen(
+            [sys.executable, "-m", "shardserve.coord.template", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        self.template_channel = Channel(
+            ours,
+            self.codec,
+            self._on_template_message,
+            self._on_template_closed,
+            lambda exc: logger.error("Template process sent a bad message: %s", exc),
+        )
+
+    def _on_template_message(self, message) -> None:
+        if isinstance(message, Spawned) and self.spawn_waiters:
+            waiter = self.spawn_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(message)
+
+    def _on_template_closed(self) -> None:
+        while self.spawn_waiters:
+            waiter = self.spawn_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(OSError("the template process exited"))
+        if not self.stopping:
+            logger.error("The template process exited; starting a new one.")
+            asyncio.ensure_future(self._start_template())
+
+    # Spawning --------------------------------------------------------------------------
+
+    async def _spawn(self, slot: Slot) -> ShardProcess:
+        slot.generation += 1
+        proc = ShardProcess(slot, slot.generation)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            waiter = asyncio.get_running_loop().create_future()
+            self.spawn_waiters.append(waiter)
+            self.template_channel.send(
+                Spawn(slot.index, proc.generation, len(slot.listeners)),
+                fds=[theirs.fileno(), *(sock.fileno() for sock in slot.listeners)],
+            )
+            spawned = await asyncio.wait_for(waiter, 30)
+        except (TimeoutError, OSError) as exc:
+            ours.close()
+            proc.fatal = Fatal(slot.index, proc.generation, f"could not fork: {exc}", True)
+            proc.exited.set_result(1)
+            proc.ready.set_result(False)
+            return proc
+        finally:
+            theirs.close()
+        if spawned.pid <= 0:
+            ours.close()
+            proc.fatal = Fatal(slot.index, proc.generation, "the template could not fork", True)
+            proc.exited.set_result(1)
+            proc.ready.set_result(False)
+            return proc
+        proc.pid = spawned.pid
+        self._watch_exit(proc)
+        proc.channel = Channel(
+            ours,
+            self.codec,
+            lambda message: self._on_message(proc, message),
+            lambda: None,
+            lambda exc: self._on_bad_message(proc, exc),
+        )
+        config = self.config
+        max_requests = config.limit_max_requests
+        if max_requests is not None and config.limit_max_requests_jitter:
+            max_requests += random.randint(0, config.limit_max_requests_jitter)
+        proc.send(
+            Configure(
+                index=slot.index,
+                generation=proc.generation,
+                config=self.config_dict,
+                cpus=list(slot.cpus) if slot.cpus else None,
+                max_requests=max_requests,
+            )
+        )
+        return proc
+
+    def _watch_exit(self, proc: ShardProcess) -> None:
+        try:
+            proc.pidfd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            self._reaped(proc)
+            return
+        asyncio.get_running_loop().add_reader(proc.pidfd, self._reaped, proc)
+
+    def _reaped(self, proc: ShardProcess) -> None:
+        if proc.pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(proc.pidfd)
+            os.close(proc.pidfd)
+            proc.pidfd = -1
+        code = 1
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(proc.pid, os.WNOHANG)
+            code = os.waitstatus_to_exitcode(status)
+        if proc.channel is not None:
+            proc.channel.read_remaining()  # its last words: final Stats, or Fatal
+            proc.channel.close()
+        proc.state = "exited"
+        if proc.stats is not None:
+            self.totals["requests"] += proc.stats.requests
+        if not proc.ready.done():
+            proc.ready.set_result(False)
+        if not proc.exited.done():
+            proc.exited.set_result(code)
+        self._on_exit(proc, code)
+
+    # Messages ----------------------------------------------------------------------------
+
+    def _on_message(self, proc: ShardProcess, message) -> None:
+        if (
+            getattr(message, "index", None) != proc.index
+            or getattr(message, "generation", None) != proc.generation
+        ):
+            self._on_bad_message(proc, MessageError(f"unexpected {message!r}"))
+            return
+        now = time.monotonic()
+        if isinstance(message, Heartbeat):
+            proc.last_beat = now
+        elif isinstance(message, Stats):
+            proc.stats = message
+            proc.last_beat = now
+        elif isinstance(message, Ready):
+            if message.pid != proc.pid:
+                self._on_bad_message(proc, MessageError(f"ready from pid {message.pid}"))
+                return
+            proc.state = "ready"
+            proc.ready_at = proc.last_beat = now
+            if not proc.ready.done():
+                proc.ready.set_result(True)
+        elif isinstance(message, Retire):
+            if proc.slot.current is proc and not self.stopping:
+                logger.info("Replacing %s: it %s.", proc.describe(), message.reason)
+                asyncio.ensure_future(self._replace(proc.slot))
+        elif isinstance(message, Fatal):
+            proc.fatal = message
+        else:
+            self._on_bad_message(proc, MessageError(f"a shard may not send {message.TAG!r}"))
+
+    def _on_bad_message(self, proc: ShardProcess, exc: Exception) -> None:
+        logger.error(
+            "%s sent a malformed control message (%s); replacing it.", proc.describe(), exc
+        )
+        proc.kill("malformed control message")
+
+    # Exits and restarts --------------------------------------------------------------------
+
+    def _on_exit(self, proc: ShardProcess, code: int) -> None:
+        slot = proc.slot
+        if self.stopping or proc.expected_exit or slot.current is not proc:
+            return
+        if not self.running:
+            return  # start-up: _start_all reports it
+        cause = proc.kill_reason or _error_of(proc, code)
+        logger.warning("%s exited unexpectedly (%s); restarting it.", proc.describe(), cause)
+        if proc.ready_at is not None and time.monotonic() - proc.ready_at >= STABLE_SECONDS:
+            slot.failures = 0
+        slot.failures += 1
+        self.totals["restarts"] += 1
+        if slot.failures > MAX_CONSECUTIVE_FAILURES:
+            self._fail(
+                f"shard {slot.index} failed {slot.failures} times in a row; last: {cause}", proc
+            )
+            return
+        asyncio.ensure_future(self._restart(slot, slot.failures))
+
+    async def _restart(self, slot: Slot, failures: int) -> None:
+        delay = 0.0 if failures <= 1 else min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
+        if delay:
+            logger.info("Restarting shard %d in %.1f s.", slot.index, delay)
+            await asyncio.sleep(delay)
+        if self.stopping or slot not in self.slots:
+            return
+        proc = await self._spawn(slot)
+        slot.current = proc
+        if proc.exited.done():  # could not even fork
+            self._on_exit(proc, proc.exited.result())
+
+    async def _replace(self, slot: Slot) -> bool:
+        """Start a successor on the same listeners; once it is ready, drain the old one."""
+        if slot.busy or self.stopping:
+            return False
+        slot.busy = True
+        try:
+            old = slot.current
+            new = await self._spawn(slot)
+            if not await _first(new.ready, new.exited) or not new.ready.result():
+                logger.error(
+                    "Shard %d's replacement failed to start (%s); keeping %s.",
+                    slot.index,
+                    _error_of(new),
+                    old.describe() if old else "none",
+                )
+                return False
+            slot.current = new
+            if old is not None:
+                await self._drain(old, close_idle=False)
+            return True
+        finally:
+            slot.busy = False
+
+    async def _drain(self, proc: ShardProcess, close_idle: bool) -> None:
+        proc.expected_exit = True
+        proc.state = "draining"
+        proc.send(Drain(close_idle=close_idle))
+        grace = self.config.timeout_graceful_shutdown
+        timeout = None if grace is None else grace + EXIT_MARGIN
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
+        except TimeoutError:
+            logger.warning("%s did not stop in time; killing it.", proc.describe())
+            proc.kill("did not drain in time")
+            await proc.exited
+
+    async def _watchdog(self) -> None:
+        limit = self.config.timeout_shard_heartbeat
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for slot in self.slots:
+                proc = slot.current
+                if proc is not None and proc.state == "ready" and now - proc.last_beat > limit:
+                    logger.error(
+                        "%s sent no heartbeat for %.0f s (its event loop is stuck); killing it.",
+                        proc.describe(),
+                        now - proc.last_beat,
+                    )
+                    proc.state = "unresponsive"
+                    proc.kill(f"no heartbeat for {limit:g} s")
+
+    # Rolling restart and resizing ---------------------------------------------------------
+
+    async def rolling_restart(self) -> None:
+        if self.rolling:
+            logger.info("A rolling restart is already under way.")
+            return
+        self.rolling = True
+        logger.info("Rolling restart of %d shards.", len(self.slots))
+        try:
+            for slot in list(self.slots):
+                if self.stopping:
+                    return
+                if slot in self.slots and not await self._replace(slot):
+                    logger.error("Rolling restart stopped at shard %d.", slot.index)
+                    return
+            logger.info("Rolling restart complete.")
+        finally:
+            self.rolling = False
+
+    async def add_shard(self) -> None:
+        index = len(self.slots)
+        cpus = None
+        if self.placement.pinned:
+            used = {cpu for slot in self.slots for cpu in (slot.cpus or ())}
+            free = [cpu for cpu in sorted(os.sched_getaffinity(0)) if cpu not in used]
+            if not free:
+                logger.warning("No CPU left to pin another shard to; not adding one.")
+                return
+            cpus = (free[0],)
+        if self.config.uds is not None or self.config.fd is not None:
+            listeners = [self.sockets[0]]
+        elif self.orphans:
+            listeners = [self.orphans.pop(0)]
+        else:
+            listeners = [add_listener(self.sockets[0], self.config.backlog)]
+            self.sockets.append(listeners[0])
+        slot = Slot(index, listeners, cpus)
+        self.slots.append(slot)
+        proc = await self._spawn(slot)
+        slot.current = proc
+        if await _first(proc.ready, proc.exited) and proc.ready.result():
+            logger.info("Added shard %d; %d shards now.", index, len(self.slots))
+
+    async def remove_shard(self) -> None:
+        if len(self.slots) <= 1:
+            logger.warning("Only one shard left; not removing it.")
+            return
+        slot = self.slots.pop()
+        proc = slot.current
+        shared = self.config.uds is not None or self.config.fd is not None
+        if not shared:
+            # Its listener stays open (closing it would reset the connections queued
+            # on it): another shard serves it from now on.
+            heir = min(self.slots, key=lambda s: len(s.listeners))
+            for sock in slot.listeners:
+                heir.listeners.append(sock)
+                if heir.current is not None and heir.current.channel is not None:
+                    heir.current.channel.send(Adopt(listener=slot.index), fds=[sock.fileno()])
+        logger.info("Removing shard %d; %d shards now.", slot.index, len(self.slots))
+        if proc is not None:
+            await self._drain(proc, close_idle=False)
+
+    # Stopping ------------------------------------------------------------------------------
+
+    def _begin_stop(self, force: bool = False) -> None:
+        if not self.stopping:
+            self.stopping = True
+            for slot in self.slots:
+                if slot.current is not None:
+                    slot.current.expected_exit = True
+            asyncio.ensure_future(self._stop_all(force))
+        elif force:
+            self._force_all()
+
+    async def _stop_all(self, force: bool) -> None:
+        if force:
+            self._force_all()
+        procs = [slot.current for slot in self.slots if slot.current is not None]
+        procs = [proc for proc in procs if not proc.exited.done()]
+        await asyncio.gather(*(self._drain(proc, close_idle=True) for proc in procs))
+        self.stopped.set()
+
+    def _force_all(self) -> None:
+        for slot in self.slots:
+            proc = slot.current
+            if proc is not None and not proc.exited.done():
+                proc.send(Stop())
+                asyncio.get_running_loop().call_later(1.0, proc.kill, "forced stop")
+
+    async def _shutdown(self) -> None:
+        if not self.stopping:
+            self._begin_stop()
+        await self.stopped.wait()
+        logger.debug("Coordinator totals: %s", self.totals)
+
+    def _close(self) -> None:
+        if self.template_channel is not None:
+            self.template_channel.close()
+        if self.template is not None:
+            try:
+                self.template.wait(5)
+            except subprocess.TimeoutExpired:
+                self.template.kill()
+                self.template.wait()
+        for sock in self.sockets + self.orphans:
+            sock.close()
+        if self.config.uds:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.uds)
+
+    # Signals -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, signal.SIGINT)
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn_task, self.rolling_restart)
+        loop.add_signal_handler(signal.SIGTTIN, self._spawn_task, self.add_shard)
+        loop.add_signal_handler(signal.SIGTTOU, self._spawn_task, self.remove_shard)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            logger.info("Shutting down (%s)", signal.Signals(signum).name)
+            self._begin_stop()
+        else:
+            logger.info("Forcing shutdown")
+            self._begin_stop(force=True)
+
+    def _spawn_task(self, action) -> None:
+        if not self.running or self.stopping:
+            return
+        asyncio.ensure_future(action())
+
+
+async def _first(*futures: asyncio.Future) -> bool:
+    """Wait until any of ``futures`` is done; True if the first of them is."""
+    await asyncio.wait([asyncio.shield(f) for f in futures], return_when=asyncio.FIRST_COMPLETED)
+    return futures[0].done()
+
+
+def _error_of(proc: ShardProcess, code: int | None = None) -> str:
+    if proc.fatal is not None:
+        return proc.fatal.error
+    if code is None and proc.exited.done():
+        code = proc.exited.result()
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def _become_child_subreaper() -> None:
+    """Orphaned shards (forked by the template) become our children, to wait for."""
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        logger.warning("Could not become a child subreaper; shard exits may be missed.")
