@@ -15,6 +15,7 @@ imported by each shard, never here, so that a restarted shard loads new code.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import signal
@@ -53,7 +54,7 @@ def serve(control: socket.socket) -> int:
             continue
         control_fd, *listener_fds = request.fds
         try:
-            pid = _fork_shard(control, control_fd, listener_fds)
+            pid = _fork_shard(control, request.index, control_fd, listener_fds)
         except OSError as exc:
             print(f"shardserve template: fork failed: {exc}", file=sys.stderr)
             pid = 0  # the coordinator counts it as a shard that failed to start
@@ -62,7 +63,9 @@ def serve(control: socket.socket) -> int:
         send_blocking(control, codec, Spawned(request.index, request.generation, pid))
 
 
-def _fork_shard(template: socket.socket, control_fd: int, listener_fds: list[int]) -> int:
+def _fork_shard(
+    template: socket.socket, index: int, control_fd: int, listener_fds: list[int]
+) -> int:
     read_end, write_end = os.pipe()
     intermediate = os.fork()
     if intermediate == 0:
@@ -72,6 +75,7 @@ def _fork_shard(template: socket.socket, control_fd: int, listener_fds: list[int
             if shard == 0:
                 os.close(write_end)
                 template.close()
+                _name_process(f"shardserve-{index}")
                 _become_shard(control_fd, listener_fds)  # never returns
             os.write(write_end, b"%d" % shard)
         finally:
@@ -81,6 +85,15 @@ def _fork_shard(template: socket.socket, control_fd: int, listener_fds: list[int
         pid = int(pipe.read() or b"0")
     os.waitpid(intermediate, 0)
     return pid
+
+
+def _name_process(name: str) -> None:
+    """What ps and top show (15 bytes at most): tell shards from the template."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _become_shard(control_fd: int, listener_fds: list[int]) -> None:
@@ -102,6 +115,7 @@ def main() -> None:
     # The terminal's Ctrl+C reaches the whole process group: the coordinator decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=int(sys.argv[1]))
+    _name_process("shardserve-tmpl")
     preload()
     gc.collect()
     gc.freeze()
