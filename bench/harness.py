@@ -203,13 +203,14 @@ def measure(
     seconds: float,
     connections: int,
     path: str = "/",
+    threads: int = 1,
 ) -> Measurement:
     proc = server.start(server_cpus)
     try:
         url = f"http://127.0.0.1:{server.port}{path}"
-        run_wrk(url, load_cpus, 1, connections)  # warm-up
+        run_wrk(url, load_cpus, 1, connections, threads)  # warm-up
         before = cpu_seconds(proc.pid)
-        result = run_wrk(url, load_cpus, seconds, connections)
+        result = run_wrk(url, load_cpus, seconds, connections, threads)
         used = cpu_seconds(proc.pid) - before
     finally:
         stop(proc)
