@@ -9,6 +9,7 @@ whether a boolean has a ``--no-`` form, and whether the option repeats.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -264,6 +265,11 @@ class Config:
             raise ConfigError(
                 "more than one shard needs the app as an import string ('module:attribute')"
             )
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+                raise ConfigError(f"{flag} {value}: expected a finite number")
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():

@@ -184,10 +184,32 @@ def _wire_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def as_wire_dict(message: Any) -> dict[str, Any]:
+    """The message as JSON-ready data; refuses what JSON cannot carry faithfully
+    (inf and NaN, which msgspec would write as null; lone surrogates)."""
     data = {"type": message.TAG}
     for f in _wire_fields(type(message)):
-        data[f.name] = getattr(message, f.name)
+        value = getattr(message, f.name)
+        _check_carriable(value, f.name)
+        data[f.name] = value
     return data
+
+
+def _check_carriable(value: Any, where: str) -> None:
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MessageError(f"{where}: {value} cannot be sent")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MessageError(f"{where}: not valid Unicode (use safe_text)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_carriable(key, where)
+            _check_carriable(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_carriable(item, where)
 
 
 def _split(raw: Any) -> tuple[type, dict[str, Any]]:
@@ -197,7 +219,20 @@ def _split(raw: Any) -> tuple[type, dict[str, Any]]:
     cls = MESSAGE_TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise MessageError(f"unknown message type {tag!r}")
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("wire", True):
+            raw.pop(f.name, None)  # file descriptors never come from the bytes
     return cls, raw
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def safe_text(text: str) -> str:
+    """A string any codec can carry: lone surrogates (from undecodable file names)
+    become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class JsonCodec:
@@ -206,13 +241,18 @@ class JsonCodec:
     name = "json"
 
     def encode(self, message: Any) -> bytes:
-        return json.dumps(as_wire_dict(message), separators=(",", ":")).encode()
+        try:
+            text = json.dumps(as_wire_dict(message), separators=(",", ":"), allow_nan=False)
+            return text.encode()
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise MessageError(f"cannot encode {message.TAG}: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
         try:
-            raw = json.loads(payload)
+            raw = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MessageError(f"not JSON: {exc}") from None
+        _check_carriable(raw, "message")  # lone surrogates, as msgspec refuses them
         cls, fields = _split(raw)
         hints = typing.get_type_hints(cls)
         values = {}
@@ -263,13 +303,16 @@ class MsgspecCodec:
         self._encoder = msgspec.json.Encoder()
 
     def encode(self, message: Any) -> bytes:
-        return self._encoder.encode(as_wire_dict(message))
+        try:
+            return self._encoder.encode(as_wire_dict(message))
+        except (UnicodeEncodeError, TypeError) as exc:
+            raise MessageError(f"cannot encode {message.TAG}: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
         msgspec = self._msgspec
         try:
             raw = msgspec.json.decode(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise MessageError(f"not JSON: {exc}") from None
         cls, fields = _split(raw)
         try:

@@ -34,13 +34,15 @@ class Coordinator:
             _check_tls(config, create_ssl_context)
         placement, reason = resolve_placement(config, self.placement)
         if self.placement is None and config.shards == 1 and not config.pin:
-            return self._run_in_process()
+            return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor
 
         return Supervisor(config, placement, reason).run()
 
-    def _run_in_process(self) -> int:
+    def _run_in_process(self, cpus: tuple[int, ...] | None) -> int:
         config = self.config
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # --cpus: before the shard starts any thread
         sockets = bind_listeners(config, count=1)
         where = describe(sockets[0], config.is_ssl)
         shard = Shard(config, sockets, index=0, app=config.app)

@@ -16,6 +16,7 @@ from ..config import Config
 from ..errors import ConfigError
 
 SYS = Path("/sys")
+MAX_CPU = 65535
 PROC = Path("/proc")
 
 
@@ -85,6 +86,8 @@ def parse_cpu_list(text: str) -> list[int]:
             raise ConfigError(f"--cpus {text!r}: {part!r} is not a CPU number or range") from None
         if lo < 0 or hi < lo:
             raise ConfigError(f"--cpus {text!r}: bad range {part!r}")
+        if hi > MAX_CPU:
+            raise ConfigError(f"--cpus {text!r}: there is no CPU {hi}")
         cpus.extend(range(lo, hi + 1))
     if not cpus:
         raise ConfigError(f"--cpus {text!r}: no CPUs")
@@ -237,8 +240,8 @@ def _check_usable(cpus, usable: list[int], what: str) -> None:
 
 def format_cpu_list(cpus: list[int]) -> str:
     """[0, 1, 2, 3, 8] -> '0-3,8'."""
-    parts: list[str] = []
-    for cpu in sorted(cpus):
+    parts: list[tuple[int, int]] = []
+    for cpu in sorted(set(cpus)):
         if parts and parts[-1][1] == cpu - 1:
             parts[-1] = (parts[-1][0], cpu)
         else:

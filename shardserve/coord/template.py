@@ -47,7 +47,7 @@ def serve(control: socket.socket) -> int:
             request = receive_blocking(control, codec)
         except (EOFError, ConnectionError):
             return 0  # the coordinator is gone
-        except (MessageError, OSError) as exc:
+        except (MessageError, OSError, ValueError) as exc:
             print(f"shardserve template: bad request: {exc}", file=sys.stderr)
             return 1
         if not isinstance(request, Spawn):

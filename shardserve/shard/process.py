@@ -32,6 +32,7 @@ from ..messages import (
     Stats,
     Stop,
     default_codec,
+    safe_text,
 )
 from .server import Shard
 
@@ -109,7 +110,7 @@ def run_shard_process(control_fd: int, listener_fds: list[int]) -> int:
         else:
             error = "".join(traceback.format_exception_only(exc)).strip()
             logger.error("Shard %d failed", index, exc_info=exc)
-        fatal = Fatal(index, generation, error, starting=not ready, exit_code=code)
+        fatal = Fatal(index, generation, safe_text(error), starting=not ready, exit_code=code)
         _send_last(control, codec, fatal)
         return code
     _send_last(control, codec, _stats(shard, generation))
@@ -139,7 +140,7 @@ def _send_last(control: socket.socket, codec, message) -> None:
         if control.fileno() >= 0:
             control.setblocking(True)
             send_blocking(control, codec, message, timeout=2)
-    except OSError:
+    except (OSError, MessageError):
         pass
 
 

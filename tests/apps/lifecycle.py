@@ -16,11 +16,15 @@
 they begin, so a test knows the request is in flight and which shard has it.
 
 ``crashy`` is ``app`` whose shards, 0.3 s after lifespan startup (so after they are
-ready), exit with code 7 if the file named by ``$LIFECYCLE_CRASH_MARKER`` exists:
-shards started before the marker is created live on, those started after die.
+ready), exit with code 7 if the file named by ``$LIFECYCLE_CRASH_MARKER`` exists
+(else they print ``LIFECYCLE no crash marker; staying up [PID]``): shards that
+checked before the marker was created live on, those started after it die.
 
 ``startup_failed`` reports ``lifespan.startup.failed`` with the message
 ``LIFECYCLE-STARTUP-FAIL: cache unavailable``.
+
+Lifespan startup (``app``, ``crashy``) takes ``$LIFECYCLE_STARTUP_DELAY`` seconds
+(default 0): a slow-starting replacement.
 
 Importing this module raises ``RuntimeError($LIFECYCLE_IMPORT_FAIL)`` when that
 variable is set: an app that cannot be imported.
@@ -132,9 +136,7 @@ async def _control(scope, send) -> None:
         await _json(send, {"error": f"unknown kind {kind!r}"}, 400)
         return
     channel.sock.sendall(raw)
-    await _json(
-        send, {"pid": os.getpid(), "index": index, "generation": generation, "kind": kind}
-    )
+    await _json(send, {"pid": os.getpid(), "index": index, "generation": generation, "kind": kind})
 
 
 # Apps --------------------------------------------------------------------------------------
@@ -144,6 +146,9 @@ async def _lifespan(receive, send, on_startup=None) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            delay = float(os.environ.get("LIFECYCLE_STARTUP_DELAY") or 0)
+            if delay:
+                await asyncio.sleep(delay)
             if on_startup is not None:
                 on_startup()
             await send({"type": "lifespan.startup.complete"})
@@ -182,6 +187,7 @@ def _crash_if_marked() -> None:
     if marker and os.path.exists(marker):
         _say("crash marker found; exiting")
         os._exit(CRASH_CODE)
+    _say("no crash marker; staying up")
 
 
 def _arm_crash() -> None:
