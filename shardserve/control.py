@@ -93,6 +93,10 @@ class Channel:
         except OSError:
             data, ancillary = b"", []
         self.fds.extend(_fds_from(ancillary))
+        if len(self.fds) > _MAX_FDS:
+            self._stop_reading()
+            self.on_error(MessageError("file descriptors no message asked for"))
+            return
         if not data:
             self._lost()
             return

@@ -22,7 +22,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import ROOT, TESTS, connect, exchange, parse_responses, read_until_close
+from serving import (
+    ROOT,
+    TESTS,
+    connect,
+    exchange,
+    is_closed,
+    parse_responses,
+    read_until_close,
+)
 
 APP = "apps.lifecycle:app"
 STARTED = re.compile(r"Started shard (\d+) \[(\d+)\]")
@@ -236,6 +244,8 @@ def run_to_exit(app: str, *args: str, env: dict[str, str], timeout: float):
     )
     try:
         out, err = proc.communicate(timeout=timeout)
+        seconds = time.monotonic() - began
+        left = group_members(proc.pid)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=5)
@@ -243,14 +253,30 @@ def run_to_exit(app: str, *args: str, env: dict[str, str], timeout: float):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything it left behind
-    return proc.returncode, out, err, time.monotonic() - began
+    assert not left, f"processes left running: {[cmdline(pid) for pid in left]}\n{err}"
+    return proc.returncode, out, err, seconds
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def problem_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("INFO:")]
 
 
-# 1. Distinct shards -------------------------------------------------------------------------
+# 1. Distinct shards -----------------------------------------------------------------------
 
 
 def test_two_shards_are_two_processes_under_the_coordinator(serve):
@@ -267,7 +293,7 @@ def test_two_shards_are_two_processes_under_the_coordinator(serve):
     assert len(others) == 1 and TEMPLATE in cmdline(others.pop()), (kids, shards)
 
 
-# 2. kill -9 ---------------------------------------------------------------------------------
+# 2. kill -9 -------------------------------------------------------------------------------
 
 
 def test_killed_shard_is_replaced_while_the_other_keeps_serving(serve):
@@ -305,7 +331,7 @@ def test_killed_shard_is_replaced_while_the_other_keeps_serving(serve):
     assert coordinator_alive(server)
 
 
-# 3. Queued connections survive their shard ------------------------------------------------------
+# 3. Queued connections survive their shard ------------------------------------------------
 
 
 def test_connections_queued_on_a_dead_shards_listener_are_served_by_its_successor(serve):
@@ -345,7 +371,7 @@ def test_connections_queued_on_a_dead_shards_listener_are_served_by_its_successo
     assert coordinator_alive(server)
 
 
-# 4. Rolling restart ---------------------------------------------------------------------------
+# 4. Rolling restart -----------------------------------------------------------------------
 
 
 class Load:
@@ -353,7 +379,7 @@ class Load:
     ``new`` threads open a new connection per request, ``keepalive`` threads reuse one
     httpx.Client each."""
 
-    def __init__(self, server, new=2, keepalive=2, duration=15.0, cap=4000) -> None:
+    def __init__(self, server, new=2, keepalive=2, duration=15.0, cap=20000) -> None:
         self.server = server
         self.results: list[Result] = []
         self._lock = threading.Lock()
@@ -474,7 +500,128 @@ def test_rolling_restart_reimports_the_app(serve, tmp_path):
     assert {a["value"] for a in answers} == {"after-restart"}
 
 
-# 5. SIGTERM ------------------------------------------------------------------------------------
+def test_rolling_restart_answers_an_idle_keep_alive_connection_then_closes_it(serve):
+    """A replaced shard leaves its idle keep-alive connections open: the next request
+    on one is answered, with ``connection: close``, then the connection closes."""
+    server = serve(APP, "--shards", "2", "--timeout-keep-alive", "20")
+    first = set(initial_shards(server).values())
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(server, timeout=5) as sock:
+        sock.sendall(request)
+        (response,) = parse_responses(_read_response(sock))
+        assert response.status == 200 and response.header("connection") != "close"
+        pid = json.loads(response.body)["pid"]
+        server.signal(signal.SIGHUP)
+        # Its shard is draining: the successor is up, and only this connection is open.
+        server.wait_for(r"Waiting for in-flight requests to finish\.", 10)
+        assert not is_closed(sock, timeout=0.5), "idle connection closed under the client"
+        assert process_state(pid) not in (None, "Z")
+        sock.sendall(request)
+        (response,) = parse_responses(_read_response(sock))
+        assert response.status == 200
+        assert json.loads(response.body)["pid"] == pid
+        assert response.header("connection") == "close"
+        assert is_closed(sock, timeout=5)
+    server.wait_for(r"Rolling restart complete\.", 10)
+    wait_dead(pid)
+    assert len(started_pids(server) - first) == 2
+
+
+def _read_response(sock, timeout: float = 5.0) -> bytes:
+    """One response with a Content-Length body, read off a keep-alive connection."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    for _ in range(1000):
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if match and len(body) >= int(match.group(1)):
+                return data
+        if time.monotonic() >= deadline:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    raise AssertionError(f"incomplete response: {data[:300]!r}")
+
+
+def shard_children(server) -> set[int]:
+    """The coordinator's child processes that are shards (not the template)."""
+    return children(server.pid) & started_pids(server)
+
+
+def wait_shard_count(server, count: int, timeout: float = 5.0) -> set[int]:
+    """Until the coordinator has exactly ``count`` shard processes; their pids."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 2):
+        pids = shard_children(server)
+        if len(pids) == count:
+            return pids
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    raise AssertionError(
+        f"{len(pids)} shard processes, not {count}, {timeout} s on: {sorted(pids)}\n{server.output}"
+    )
+
+
+def stop_and_check_no_shard_outlives(server) -> None:
+    assert server.stop() == 0, server.output
+    left = [pid for pid in started_pids(server) if process_state(pid) not in (None, "Z")]
+    assert not left, f"shards still running after the coordinator exited: {left}"
+
+
+@contextlib.contextmanager
+def killing_stray_shards(server):
+    """Whatever happens, stop the server and then kill any shard it left running."""
+    try:
+        yield
+    finally:
+        server.stop()
+        for pid in started_pids(server):
+            if process_state(pid) not in (None, "Z"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_shard_dying_while_its_rolling_successor_starts_leaves_one_process(serve):
+    """The old shard dies while its rolling successor is starting: afterwards exactly
+    one process serves that slot (the successor, or a restart, never both)."""
+    server = serve(APP, "--shards", "2", env={"LIFECYCLE_STARTUP_DELAY": "1"})
+    with killing_stray_shards(server):
+        shards = initial_shards(server)
+        server.signal(signal.SIGHUP)
+        server.wait_for(r"Rolling restart of 2 shards\.", 5)
+        server.wait_for(rf"Started shard 0 \[(?!{shards[0]}\])\d+\]", 5)
+        os.kill(shards[0], signal.SIGKILL)  # the successor is still in its 1 s startup
+        server.wait_for(r"Rolling restart (complete\.|stopped at)", 12)
+        counted = wait_shard_count(server, 2)
+        pids = pids_answering(server, 40)
+        assert set(pids) <= counted and len(set(pids)) == 2, (pids, counted)
+        stop_and_check_no_shard_outlives(server)
+
+
+def test_removing_a_shard_while_its_rolling_successor_starts_leaves_no_orphan(serve):
+    """SIGTTOU removes the shard whose rolling successor is starting: the successor must
+    not stay behind as a process nobody supervises."""
+    server = serve(APP, "--shards", "2", env={"LIFECYCLE_STARTUP_DELAY": "1"})
+    with killing_stray_shards(server):
+        shards = initial_shards(server)
+        server.signal(signal.SIGHUP)
+        server.wait_for(r"Rolling restart of 2 shards\.", 5)
+        server.wait_for(rf"Started shard 1 \[(?!{shards[1]}\])\d+\]", 8)
+        server.signal(signal.SIGTTOU)  # the successor of shard 1 is in its 1 s startup
+        server.wait_for(r"Removing shard 1; 1 shards? now\.", 5)
+        server.wait_for(r"Rolling restart (complete\.|stopped at)", 8)
+        counted = wait_shard_count(server, 1)
+        pids = pids_answering(server, 40)
+        assert set(pids) == counted, (pids, counted)
+        stop_and_check_no_shard_outlives(server)
+
+
+# 5. SIGTERM -------------------------------------------------------------------------------
 
 
 def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(serve):
@@ -508,7 +655,7 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(serve):
         assert process_state(pid) is None, (pid, cmdline(pid))
 
 
-# 6. Crash loop ---------------------------------------------------------------------------------
+# 6. Crash loop ----------------------------------------------------------------------------
 
 
 def test_crash_loop_backs_off_then_stops_the_server(serve, tmp_path):
@@ -548,7 +695,7 @@ def test_crash_loop_backs_off_then_stops_the_server(serve, tmp_path):
     assert "Traceback" not in output, output
 
 
-# 7. Start-up failures --------------------------------------------------------------------------
+# 7. Start-up failures ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -585,7 +732,7 @@ def test_lifespan_startup_failure_exits_3_with_the_apps_message():
     assert "Traceback" not in out + err
 
 
-# 8. Heartbeat watchdog --------------------------------------------------------------------------
+# 8. Heartbeat watchdog --------------------------------------------------------------------
 
 
 def test_a_shard_with_a_stuck_event_loop_is_killed_and_replaced(serve):
@@ -624,7 +771,7 @@ def test_a_shard_with_a_stuck_event_loop_is_killed_and_replaced(serve):
     assert coordinator_alive(server)
 
 
-# 9. --limit-max-requests ----------------------------------------------------------------------
+# 9. --limit-max-requests ------------------------------------------------------------------
 
 
 def test_limit_max_requests_replaces_shards_without_failing_requests(serve):
@@ -646,7 +793,7 @@ def test_limit_max_requests_replaces_shards_without_failing_requests(serve):
     assert server.pid not in pids
 
 
-# 10. SIGTTIN / SIGTTOU -------------------------------------------------------------------------
+# 10. SIGTTIN / SIGTTOU --------------------------------------------------------------------
 
 
 def test_adding_and_removing_a_shard_resets_no_connection(serve):
@@ -680,7 +827,50 @@ def test_adding_and_removing_a_shard_resets_no_connection(serve):
     assert coordinator_alive(server)
 
 
-# 11. Malformed control messages ----------------------------------------------------------------
+def test_connections_queued_on_a_removed_shards_listener_are_not_reset(serve):
+    """SIGTTOU hands the removed shard's listener to another shard at once: connections
+    queued on it are served even if the removed shard never accepts again (here it is
+    stopped, then dies while draining)."""
+    server = serve(APP, "--shards", "2")
+    shards = initial_shards(server)
+    server.signal(signal.SIGTTIN)
+    server.wait_for(r"Added shard 2; 3 shards now\.", 8)
+    added = int(server.wait_for(r"Started shard 2 \[(\d+)\]", 1).group(1))
+    pids_answering(server, 10, until=lambda seen: added in seen)
+    socks = []
+    try:
+        os.kill(added, signal.SIGSTOP)
+        wait_until(lambda: process_state(added) == "T", 5, "the added shard to stop")
+        for _ in range(40):
+            sock = connect(server, timeout=8)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            socks.append(sock)
+        server.signal(signal.SIGTTOU)
+        server.wait_for(r"Removing shard 2; 2 shards now\.", 5)
+        os.kill(added, signal.SIGKILL)
+        deadline = time.monotonic() + 8
+        answers = []
+        for sock in socks:
+            data = read_until_close(sock, timeout=max(0.1, deadline - time.monotonic()))
+            responses = parse_responses(data)
+            assert [r.status for r in responses] == [200], data[:300]
+            answers.append(json.loads(responses[0].body)["pid"])
+    finally:
+        for sock in socks:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(added, signal.SIGKILL)
+    # Each of the 40 landed on one of 3 listeners, so about a third had been queued on
+    # the removed shard's (none, by chance, with probability (2/3)**40, about 1e-7).
+    assert set(answers) <= set(shards.values()), answers
+    assert [i for i, _ in started(server)].count(2) == 1, server.output
+    assert set(pids_answering(server, 20, until=lambda seen: len(seen) == 2)) == set(
+        shards.values()
+    )
+    assert coordinator_alive(server)
+
+
+# 11. Malformed control messages -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["garbage", "wrong_type", "huge", "other_index"])

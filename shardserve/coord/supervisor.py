@@ -54,6 +54,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 EXIT_MARGIN = 5.0  # beyond the graceful timeout, before a draining shard is killed
+REPLACEMENT_START_TIMEOUT = 120.0  # a successor not ready by then is given up
 
 
 class ShardFailed(StartupError):
@@ -78,6 +79,7 @@ class ShardProcess:
         self.ready: asyncio.Future[bool] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         self.expected_exit = False
+        self.reaped = False
         self.fatal: Fatal | None = None
         self.stats: Stats | None = None
         self.kill_reason = ""
@@ -87,7 +89,7 @@ class ShardProcess:
             self.channel.send(message)
 
     def kill(self, reason: str) -> None:
-        if self.pid and not self.exited.done():
+        if self.pid and not self.reaped:
             self.kill_reason = reason
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
@@ -106,7 +108,7 @@ class Slot:
     generation: int = 0
     current: ShardProcess | None = None
     failures: int = 0
-    busy: bool = False  # a replacement is under way
+    busy: bool = False  # a replacement or a restart is under way: it decides what runs
 
 
 class Supervisor:
@@ -297,6 +299,7 @@ class Supervisor:
         asyncio.get_running_loop().add_reader(proc.pidfd, self._reaped, proc)
 
     def _reaped(self, proc: ShardProcess) -> None:
+        proc.reaped = True  # from now on its pid may belong to someone else
         if proc.pidfd >= 0:
             asyncio.get_running_loop().remove_reader(proc.pidfd)
             os.close(proc.pidfd)
@@ -359,8 +362,8 @@ class Supervisor:
 
     def _on_exit(self, proc: ShardProcess, code: int) -> None:
         slot = proc.slot
-        if self.stopping or proc.expected_exit or slot.current is not proc:
-            return
+        if self.stopping or proc.expected_exit or slot.current is not proc or slot.busy:
+            return  # (a replacement under way decides what runs in the slot)
         if not self.running:
             return  # start-up: _start_all reports it
         cause = proc.kill_reason or _error_of(proc, code)
@@ -378,14 +381,21 @@ class Supervisor:
 
     async def _restart(self, slot: Slot, failures: int) -> None:
         delay = 0.0 if failures <= 1 else min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
-        if delay:
-            logger.info("Restarting shard %d in %.1f s.", slot.index, delay)
-            await asyncio.sleep(delay)
-        if self.stopping or slot not in self.slots:
-            return
-        proc = await self._spawn(slot)
-        slot.current = proc
-        if proc.exited.done():  # could not even fork
+        slot.busy = True
+        try:
+            if delay:
+                logger.info("Restarting shard %d in %.1f s.", slot.index, delay)
+                await asyncio.sleep(delay)
+            if self.stopping or slot not in self.slots:
+                return
+            proc = await self._spawn(slot)
+            slot.current = proc
+            if slot not in self.slots:  # removed meanwhile
+                await self._drain(proc, close_idle=False)
+                return
+        finally:
+            slot.busy = False
+        if proc.exited.done():  # could not even fork, or died at once
             self._on_exit(proc, proc.exited.result())
 
     async def _replace(self, slot: Slot) -> bool:
@@ -396,20 +406,42 @@ class Supervisor:
         try:
             old = slot.current
             new = await self._spawn(slot)
-            if not await _first(new.ready, new.exited) or not new.ready.result():
+            try:
+                started = await asyncio.wait_for(
+                    _first(new.ready, new.exited), REPLACEMENT_START_TIMEOUT
+                )
+            except TimeoutError:
+                new.kill(f"not ready after {REPLACEMENT_START_TIMEOUT:g} s")
+                started = False
+            started = started and new.ready.result()
+            if slot not in self.slots:  # removed meanwhile (SIGTTOU): nothing to replace
+                if started:
+                    await self._drain(new, close_idle=False)
+                return False
+            if not started:
                 logger.error(
                     "Shard %d's replacement failed to start (%s); keeping %s.",
                     slot.index,
                     _error_of(new),
                     old.describe() if old else "none",
                 )
+                new.expected_exit = True
+                if old is not None and old.exited.done():
+                    self._schedule_restart(slot, old)  # the old one died meanwhile
                 return False
             slot.current = new
-            if old is not None:
+            if old is not None and not old.exited.done():
                 await self._drain(old, close_idle=False)
             return True
         finally:
             slot.busy = False
+
+    def _schedule_restart(self, slot: Slot, dead: ShardProcess) -> None:
+        slot.failures += 1
+        if slot.failures > MAX_CONSECUTIVE_FAILURES:
+            self._fail(f"shard {slot.index} failed {slot.failures} times in a row", dead)
+            return
+        asyncio.ensure_future(self._restart(slot, slot.failures))
 
     async def _drain(self, proc: ShardProcess, close_idle: bool) -> None:
         proc.expected_exit = True
@@ -452,7 +484,11 @@ class Supervisor:
             for slot in list(self.slots):
                 if self.stopping:
                     return
-                if slot in self.slots and not await self._replace(slot):
+                if slot not in self.slots:
+                    continue
+                if slot.busy:
+                    continue  # restarting already: its new process loads the new code
+                if not await self._replace(slot):
                     logger.error("Rolling restart stopped at shard %d.", slot.index)
                     return
             logger.info("Rolling restart complete.")

@@ -54,6 +54,8 @@ class Lifespan:
         }
         try:
             await self.app(scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            raise  # the shard is stopping without waiting for the app (a forced stop)
         except BaseException as exc:  # noqa: BLE001 - reported through startup()
             self.error = exc
             if self.startup_failed is not None or self.shutdown_failed is not None:

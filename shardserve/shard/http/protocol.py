@@ -118,7 +118,8 @@ class HttpConnection(asyncio.Protocol):
             "state": None,
         }
         if shard.draining:
-            transport.close()
+            # Accepted just before the listener closed: answer it, then close.
+            self.draining = True
 
     def data_received(self, data: bytes) -> None:
         if self.timer == IDLE:
