@@ -683,3 +683,50 @@ def test_cpu_list_round_trip(text):
     cpus = parse_cpu_list(text)
     assert format_cpu_list(cpus) == text
     assert parse_cpu_list(format_cpu_list(cpus)) == cpus
+
+
+def test_inherited_fd_is_shared_by_two_shards():
+    """--fd with --shards 2: both shards accept on the one inherited listener."""
+    import httpx
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    argv = [sys.executable, "-m", "shardserve", "apps.echo:scope_json"]
+    argv += ["--fd", str(listener.fileno()), "--shards", "2"]
+    proc = subprocess.Popen(
+        argv,
+        pass_fds=[listener.fileno()],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 15
+        attempts = 0
+        while len(pids) < 2 and time.monotonic() < deadline and attempts < 200:
+            attempts += 1
+            try:
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/", headers={"connection": "close"}, timeout=5
+                )
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            assert response.status_code == 200
+            pids.add(response.json()["pid"])
+        assert len(pids) == 2, f"only {pids} answered"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        listener.close()
+    assert proc.returncode == 0
