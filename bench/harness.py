@@ -222,3 +222,26 @@ def measure(
         cpu_us_per_request=used / max(result.requests, 1) * 1e6,
         errors=result.errors,
     )
+
+
+def summarize(results: dict[str, list[Measurement]]) -> dict[str, dict[str, float]]:
+    """Medians per server (or per shard count), printed as a Markdown table."""
+    import statistics
+
+    print("| server | req/s | p50 ms | p99 ms | server CPU us/request | errors |")
+    print("|---|---|---|---|---|---|")
+    medians = {}
+    for name, ms in results.items():
+        med = {
+            "rps": statistics.median(m.rps for m in ms),
+            "p50": statistics.median(m.p50_ms for m in ms),
+            "p99": statistics.median(m.p99_ms for m in ms),
+            "cpu": statistics.median(m.cpu_us_per_request for m in ms),
+            "errors": sum(m.errors for m in ms),
+        }
+        medians[name] = med
+        print(
+            f"| {name} | {med['rps']:.0f} | {med['p50']:.2f} | {med['p99']:.2f} "
+            f"| {med['cpu']:.1f} | {med['errors']} |"
+        )
+    return medians

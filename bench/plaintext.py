@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Measurement, Server, free_port, measure, peer_python  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Measurement,
+    Server,
+    free_port,
+    measure,
+    peer_python,
+    summarize,
+)
 
 
 def servers(extra: list[str], access_log: bool) -> list[Server]:
@@ -67,22 +73,7 @@ def main() -> None:
             )
 
     print()
-    print("| server | req/s | p50 ms | p99 ms | server CPU us/request | errors |")
-    print("|---|---|---|---|---|---|")
-    medians = {}
-    for name, ms in results.items():
-        med = {
-            "rps": statistics.median(m.rps for m in ms),
-            "p50": statistics.median(m.p50_ms for m in ms),
-            "p99": statistics.median(m.p99_ms for m in ms),
-            "cpu": statistics.median(m.cpu_us_per_request for m in ms),
-            "errors": sum(m.errors for m in ms),
-        }
-        medians[name] = med
-        print(
-            f"| {name} | {med['rps']:.0f} | {med['p50']:.2f} | {med['p99']:.2f} "
-            f"| {med['cpu']:.1f} | {med['errors']} |"
-        )
+    medians = summarize(results)
     ratio = medians["shardserve"]["cpu"] / medians["uvicorn"]["cpu"]
     ratios = [
         a.cpu_us_per_request / b.cpu_us_per_request

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Server, free_port, measure  # noqa: E402
+from bench.harness import Server, free_port, measure, summarize  # noqa: E402
 from shardserve.coord.placement import parse_cpu_list  # noqa: E402
 
 
@@ -65,14 +64,7 @@ def main() -> None:
                 f"{m.cpu_us_per_request:6.1f} us CPU/req  errors {m.errors}",
                 file=sys.stderr,
             )
-    print("| shards | req/s | server CPU us/request | p99 ms | errors |")
-    print("|---|---|---|---|---|")
-    for count, ms in results.items():
-        print(
-            f"| {count} | {statistics.median(m.rps for m in ms):.0f} "
-            f"| {statistics.median(m.cpu_us_per_request for m in ms):.1f} "
-            f"| {statistics.median(m.p99_ms for m in ms):.2f} | {sum(m.errors for m in ms)} |"
-        )
+    summarize({f"{count} shards": ms for count, ms in results.items()})
     if args.json:
         Path(args.json).write_text(
             json.dumps({k: [vars(m) for m in v] for k, v in results.items()}, indent=2)

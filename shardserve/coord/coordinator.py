@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 
 from ..config import Config
 from ..shard.server import Shard
 from .listeners import bind_listeners, describe
 from .placement import Placement, resolve_placement
+from .signals import StopSignals
 
 logger = logging.getLogger("shardserve.error")
 
@@ -24,7 +24,6 @@ class Coordinator:
     def __init__(self, config: Config, placement: Placement | None = None) -> None:
         self.config = config
         self.placement = placement
-        self.signals_seen = 0
 
     def run(self) -> int:
         config = self.config
@@ -64,17 +63,7 @@ class Coordinator:
         return report.exit_code
 
     def _install_signal_handlers(self, loop, shard: Shard) -> None:
-        def on_signal(signum: int) -> None:
-            self.signals_seen += 1
-            if self.signals_seen == 1:
-                logger.info("Shutting down (%s)", signal.Signals(signum).name)
-                shard.request_stop()
-            else:
-                logger.info("Forcing shutdown")
-                shard.force_stop()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+        StopSignals(shard.request_stop, shard.force_stop).install(loop)
 
 
 def _check_tls(config: Config, create_ssl_context) -> None:

@@ -44,6 +44,7 @@ from ..messages import (
 )
 from .listeners import add_listener, bind_listeners, describe
 from .placement import Placement
+from .signals import StopSignals
 from .steering import attach_cpu_steering
 
 logger = logging.getLogger("shardserve.error")
@@ -129,7 +130,6 @@ class Supervisor:
         self.exit_code = 0
         self.failure: str | None = None
         self.failure_code = 1
-        self.signals_seen = 0
         self.rolling = False
         self.totals = {"requests": 0, "restarts": 0}
         self.config_dict = dataclasses.asdict(config)
@@ -590,20 +590,10 @@ class Supervisor:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, signal.SIGINT)
-        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, signal.SIGTERM)
+        StopSignals(self._begin_stop, lambda: self._begin_stop(force=True)).install(loop)
         loop.add_signal_handler(signal.SIGHUP, self._spawn_task, self.rolling_restart)
         loop.add_signal_handler(signal.SIGTTIN, self._spawn_task, self.add_shard)
         loop.add_signal_handler(signal.SIGTTOU, self._spawn_task, self.remove_shard)
-
-    def _on_stop_signal(self, signum: int) -> None:
-        self.signals_seen += 1
-        if self.signals_seen == 1:
-            logger.info("Shutting down (%s)", signal.Signals(signum).name)
-            self._begin_stop()
-        else:
-            logger.info("Forcing shutdown")
-            self._begin_stop(force=True)
 
     def _spawn_task(self, action) -> None:
         if not self.running or self.stopping:
