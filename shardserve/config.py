@@ -21,6 +21,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 HTTP_BACKENDS = ("auto", "httptools", "h11")
 LOOPS = ("auto", "uvloop", "asyncio")
 LIFESPAN_MODES = ("auto", "on", "off")
+WS = ("auto", "websockets", "none")
 STEERING = ("hash", "cpu")
 
 
@@ -87,6 +88,35 @@ class Config:
     loop: str = field(default="auto", metadata=option("Event loop.", choices=LOOPS))
     lifespan: str = field(
         default="auto", metadata=option("ASGI lifespan protocol.", choices=LIFESPAN_MODES)
+    )
+
+    # WebSockets.
+    ws: str = field(
+        default="auto",
+        metadata=option("WebSocket implementation ('none' serves upgrades as HTTP).", choices=WS),
+    )
+    ws_max_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata=option("Largest WebSocket message accepted, in bytes (larger: 1009).", minimum=1),
+    )
+    ws_max_queue: int = field(
+        default=32,
+        metadata=option(
+            "WebSocket messages a connection holds for the app before it stops reading.",
+            minimum=1,
+        ),
+    )
+    ws_ping_interval: float | None = field(
+        default=20.0,
+        metadata=option("Seconds between WebSocket pings (keep-alive).", minimum=0.1),
+    )
+    ws_ping_timeout: float | None = field(
+        default=20.0,
+        metadata=option("Close a WebSocket whose ping is not answered within this.", minimum=0.1),
+    )
+    ws_per_message_deflate: bool = field(
+        default=True,
+        metadata=option("Offer WebSocket per-message-deflate compression.", negatable=True),
     )
 
     # Request scope.

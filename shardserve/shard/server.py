@@ -218,10 +218,7 @@ class Shard:
     async def _drain(self, state: ShardState) -> None:
         """Close idle connections now; give in-flight requests until the grace timeout."""
         for conn in tuple(state.connections):
-            if self._close_idle is False:
-                conn.draining = True  # the next response says connection: close
-            else:
-                conn.close_when_idle()
+            conn.drain(close_idle=self._close_idle is not False)
         timeout = self.config.timeout_graceful_shutdown
         deadline = None if timeout is None else time.monotonic() + timeout
         if state.connections or state.active_requests:
@@ -232,10 +229,7 @@ class Shard:
                 break
             await asyncio.sleep(0.05)
         for conn in tuple(state.connections):
-            cycle = conn.cycle
-            if cycle is not None and cycle.task is not None:
-                cycle.task.cancel()
-            conn.transport.abort()
+            conn.abort()
         # Let cancelled exchanges and aborted transports finish their callbacks.
         for _ in range(20):
             if not state.active_requests:

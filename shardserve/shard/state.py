@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
@@ -35,6 +36,28 @@ class ShardCounters:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    enabled: bool
+    max_size: int
+    max_queue: int
+    ping_interval: float | None
+    ping_timeout: float | None
+    per_message_deflate: bool
+
+
+def _websockets_available(choice: str) -> bool:
+    if choice == "none":
+        return False
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        if choice == "websockets":
+            raise
+        return False
+    return True
 
 
 class ShardState:
@@ -66,6 +89,15 @@ class ShardState:
         self.on_max_requests: Callable[[], None] | None = None
         self.now = loop.time()
 
+        self.ws = WebSocketSettings(
+            enabled=_websockets_available(config.ws),
+            max_size=config.ws_max_size,
+            max_queue=config.ws_max_queue,
+            ping_interval=config.ws_ping_interval,
+            ping_timeout=config.ws_ping_timeout,
+            per_message_deflate=config.ws_per_message_deflate,
+        )
+        self.server_header = config.server_header
         self._server = b"server: shardserve\r\n" if config.server_header else b""
         self._date_enabled = config.date_header
         self._custom = b"".join(_header_line(header) for header in config.headers)

@@ -190,7 +190,7 @@ class RequestCycle:
     async def send(self, message: dict[str, Any]) -> None:
         conn = self.conn
         if conn.write_paused:
-            await conn.drain()
+            await conn.wait_writable()
         if conn.closed:
             raise ClientDisconnected("client disconnected")
         message_type = message["type"]

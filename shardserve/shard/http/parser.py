@@ -7,7 +7,10 @@ A back-end is a small push parser.  The connection protocol feeds it bytes with
   request head is complete (``headers`` is a list of (lower-cased name, value) bytes
   pairs, ``method`` and ``http_version`` are str, ``target`` is the raw bytes);
 - ``sink.on_body(chunk)`` for each piece of the request body;
-- ``sink.on_request_end()`` when the request is complete.
+- ``sink.on_request_end()`` when the request is complete;
+- ``sink.on_upgrade(rest) -> bool`` after a request that asks to switch protocols
+  (Upgrade, CONNECT), with the bytes that followed it: True means the sink took
+  the connection over and the parser stops; False, parse on as HTTP.
 
 Malformed input raises ``ParseError`` carrying the status to answer with; nothing
 else escapes ``feed``.  Back-ends differ only in how they parse, never in what the
@@ -56,6 +59,8 @@ class RequestSink(Protocol):
     def on_body(self, chunk: bytes) -> None: ...
 
     def on_request_end(self) -> None: ...
+
+    def on_upgrade(self, rest: bytes) -> bool: ...
 
 
 class RequestParser(Protocol):

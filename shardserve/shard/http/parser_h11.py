@@ -64,6 +64,8 @@ class H11Parser:
             elif event_type is _EndOfMessage:
                 sink.on_request_end()
                 leftover = conn.trailing_data[0]
+                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL and sink.on_upgrade(leftover):
+                    return
                 conn = self.conn = self._new_connection()
                 self.head = leftover
                 if leftover:

@@ -67,12 +67,15 @@ class HttptoolsParser:
                 raise cause from None
             raise
         except _HttpParserUpgrade as exc:
-            # Upgrade and CONNECT stop llhttp after the head; without a protocol to
-            # switch to, the request was served as plain HTTP: parse on afresh.
+            # Upgrade and CONNECT stop llhttp after the head.  The sink switches
+            # protocols (WebSocket) or the request is served as plain HTTP and
+            # parsing goes on afresh.
             offset = exc.args[0] if exc.args else len(data)
+            rest = data[offset:]
+            if self.sink.on_upgrade(rest):
+                return
             self.parser = httptools.HttpRequestParser(self)
             self.in_head = self.in_message = False
-            rest = data[offset:]
             if rest:
                 self.feed(rest)
         except _HttpParserError as exc:

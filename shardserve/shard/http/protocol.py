@@ -14,10 +14,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
+from ..ws.session import WebSocketSession
 from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
 from .eager import eager_starter
 from .parser import ParseError
 from .proxy import apply_proxy_headers
+from .response import canned_response
 
 if TYPE_CHECKING:
     from ..state import ShardState
@@ -169,7 +172,7 @@ class HttpConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def drain(self) -> None:
+    async def wait_writable(self) -> None:
         """Wait until the transport's write buffer drains (or the client leaves)."""
         waiter = self.drain_waiter
         if waiter is None or waiter.done():
@@ -349,6 +352,49 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is None:
             self.close()
 
+    def drain(self, close_idle: bool) -> None:
+        """The shard is stopping (close idle connections now) or being replaced (let
+        each idle connection's next request be answered with connection: close)."""
+        if close_idle:
+            self.close_when_idle()
+        else:
+            self.draining = True
+
+    def abort(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.task is not None:
+            cycle.task.cancel()
+        self.transport.abort()
+
+    # Switching protocols --------------------------------------------------------------
+
+    def on_upgrade(self, rest: bytes) -> bool:
+        """The parser saw a request asking to switch protocols (after its head and
+        end).  Take the connection over for WebSocket and return True, or return
+        False to carry on with HTTP (the request is then answered as plain HTTP)."""
+        cycle = self.ready
+        if cycle is None or self.pipeline or not self.shard.ws.enabled:
+            return False
+        scope = cycle.scope
+        headers = scope["headers"]
+        if not is_websocket_upgrade(scope["method"], headers):
+            return False
+        self.ready = self.cycle = None
+        self.parser = _Discard
+        problem = handshake_problem(headers)
+        if problem is not None:
+            status, reason = problem
+            logger.debug("Invalid WebSocket handshake (%d): %s", status, reason)
+            extra = b"sec-websocket-version: 13\r\n" if status == 426 else b""
+            self.transport.write(canned_response(status, extra=self.shard.default_headers + extra))
+            self.close()
+            return True
+        self.shard.connections.discard(self)
+        self.closed = True  # as far as this object is concerned: the session owns it now
+        session = WebSocketSession(self.shard, self.transport, websocket_scope(scope))
+        session.start(rest)
+        return True
+
     def close(self) -> None:
         """Close after what was written; the app sees a disconnect from now on."""
         if not self.closed:
@@ -366,6 +412,17 @@ class _DiscardParser:
 
 
 _Discard = _DiscardParser()
+
+
+def websocket_scope(http_scope: dict) -> dict:
+    """The websocket scope for an upgrade request's (already proxy-adjusted) http scope."""
+    scope = dict(http_scope)
+    del scope["method"]
+    scope["type"] = "websocket"
+    scope["scheme"] = "wss" if http_scope["scheme"] == "https" else "ws"
+    scope["subprotocols"] = requested_subprotocols(http_scope["headers"])
+    scope["extensions"] = {"websocket.http.response": {}}
+    return scope
 
 
 def _address(value) -> tuple | None:

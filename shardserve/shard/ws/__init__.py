@@ -1,0 +1,1 @@
+"""WebSockets in a shard: the ASGI websocket protocol over websockets' sans-I/O core."""
