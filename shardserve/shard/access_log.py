@@ -44,6 +44,14 @@ class AccessLog:
         else:
             self.logger.info(FORMAT, address, method, path, version, status)
 
+    def log_websocket(self, client: tuple | None, path: str, outcome: str) -> None:
+        """'"WebSocket /path" [accepted]' (or [403], ...), as uvicorn writes it."""
+        address = f"{client[0]}:{client[1]}" if client else "-"
+        if self.stream is not None:
+            self.lines.append(f'{self.prefix}{address} - "WebSocket {path}" [{outcome}]\n')
+        else:
+            self.logger.info('%s - "WebSocket %s" [%s]', address, path, outcome)
+
     def flush(self) -> None:
         lines = self.lines
         if not lines:

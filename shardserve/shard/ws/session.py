@@ -240,13 +240,22 @@ class WebSocketSession(asyncio.Protocol):
             response.headers["Server"] = "shardserve"
         self.protocol.send_response(response)
         self.accepted = True
+        self._log("accepted")
         self._flush()
         if self.pending:
             pending, self.pending = bytes(self.pending), bytearray()
             self.data_received(pending)
 
+    def _log(self, outcome: str) -> None:
+        if self.shard.access_log:
+            scope = self.scope
+            query = scope["query_string"]
+            path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+            self.shard.access_logger.log_websocket(scope["client"], path, outcome)
+
     def _refuse(self, status: int) -> None:
         """An HTTP answer instead of the handshake (close before accept: 403)."""
+        self._log(str(status))
         self.finished = True
         if not self.closed:
             self.transport.write(self.shard.canned(status))
@@ -263,6 +272,7 @@ class WebSocketSession(asyncio.Protocol):
         lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         lines.append(body)
         self.finished = True
+        self._log(str(status))
         if not self.closed:
             self.transport.write(b"".join(lines))
             self.transport.close()
