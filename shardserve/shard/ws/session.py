@@ -226,7 +226,9 @@ class WebSocketSession(asyncio.Protocol):
                 raise RuntimeError(f"Unexpected ASGI message {kind!r} after the handshake")
         except InvalidState:
             raise ClientDisconnected("the WebSocket is closing") from None
-        self._flush()
+        transport = self.transport
+        for data in protocol.data_to_send():
+            transport.write(data)
 
     def _accept(self, message: dict[str, Any]) -> None:
         self.chosen_subprotocol = message.get("subprotocol")
@@ -313,6 +315,17 @@ class WebSocketSession(asyncio.Protocol):
     def _on_frame(self, frame) -> None:
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:  # a whole message in one frame: the common case
+                if opcode is Opcode.BINARY:
+                    self._deliver({"type": "websocket.receive", "bytes": frame.data})
+                    return
+                try:
+                    text = frame.data.decode()
+                except UnicodeDecodeError as exc:
+                    self.protocol.fail(1007, f"invalid UTF-8: {exc.reason}")
+                    return
+                self._deliver({"type": "websocket.receive", "text": text})
+                return
             self.message_opcode = opcode
             self.message_parts = []
             self.decoder = (
@@ -328,6 +341,7 @@ class WebSocketSession(asyncio.Protocol):
             self._deliver_disconnect()
 
     def _add_fragment(self, frame) -> None:
+        """A piece of a fragmented message: text is checked as it arrives (fail fast)."""
         if self.decoder is not None:
             try:
                 self.message_parts.append(self.decoder.decode(frame.data, frame.fin))
