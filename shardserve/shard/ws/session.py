@@ -168,10 +168,10 @@ class WebSocketSession(asyncio.Protocol):
         return message
 
     def _disconnect_message(self) -> dict[str, Any]:
-        protocol = self.protocol
-        code = protocol.close_code if protocol.close_rcvd is not None else 1006
-        reason = protocol.close_reason if protocol.close_rcvd is not None else ""
-        return {"type": "websocket.disconnect", "code": code or 1005, "reason": reason or ""}
+        received = self.protocol.close_rcvd  # the client's close frame, if it sent one
+        if received is None:
+            return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        return {"type": "websocket.disconnect", "code": received.code, "reason": received.reason}
 
     def _deliver(self, message: dict[str, Any]) -> None:
         self.queue.append(message)
