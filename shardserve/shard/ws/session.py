@@ -361,18 +361,18 @@ class WebSocketSession(asyncio.Protocol):
 
     def _flush(self) -> None:
         """Write what the protocol produced; its end-of-stream marker closes TCP."""
-        transport = self.transport
-        for data in self.protocol.data_to_send():
-            if self.closed:
-                return
-            if data:
-                transport.write(data)
-            else:
-                transport.close()
-        if self.close_sent_at is None and (
-            self.protocol.state is State.CLOSED or self.protocol.close_expected()
-        ):
-            self.close_sent_at = time.monotonic()
+        writes = self.protocol.data_to_send()
+        if writes:
+            transport = self.transport
+            for data in writes:
+                if self.closed:
+                    return
+                if data:
+                    transport.write(data)
+                else:
+                    transport.close()
+        if self.close_sent_at is None and self.protocol.state is not State.OPEN:
+            self.close_sent_at = time.monotonic()  # closing: the close timeout runs
 
     # asyncio.Protocol ------------------------------------------------------------------
 
