@@ -146,7 +146,14 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(url: str, cpus: str, seconds: float, connections: int, threads: int = 1) -> WrkResult:
+def run_wrk(
+    url: str,
+    cpus: str,
+    seconds: float,
+    connections: int,
+    threads: int = 1,
+    extra: tuple[str, ...] = (),
+) -> WrkResult:
     out = subprocess.run(
         [
             "taskset",
@@ -157,6 +164,7 @@ def run_wrk(url: str, cpus: str, seconds: float, connections: int, threads: int 
             f"-t{threads}",
             f"-c{connections}",
             f"-d{int(seconds)}s",
+            *extra,
             url,
         ],
         capture_output=True,
@@ -204,13 +212,14 @@ def measure(
     connections: int,
     path: str = "/",
     threads: int = 1,
+    wrk_args: tuple[str, ...] = (),
 ) -> Measurement:
     proc = server.start(server_cpus)
     try:
         url = f"http://127.0.0.1:{server.port}{path}"
-        run_wrk(url, load_cpus, 1, connections, threads)  # warm-up
+        run_wrk(url, load_cpus, 1, connections, threads, wrk_args)  # warm-up
         before = cpu_seconds(proc.pid)
-        result = run_wrk(url, load_cpus, seconds, connections, threads)
+        result = run_wrk(url, load_cpus, seconds, connections, threads, wrk_args)
         used = cpu_seconds(proc.pid) - before
     finally:
         stop(proc)

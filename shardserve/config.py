@@ -18,7 +18,7 @@ from typing import Any
 from .errors import ConfigError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-HTTP_BACKENDS = ("auto", "httptools", "h11")
+HTTP_BACKENDS = ("auto", "httptools", "python", "h11")
 LOOPS = ("auto", "uvloop", "asyncio")
 LIFESPAN_MODES = ("auto", "on", "off")
 WS = ("auto", "websockets", "none")
@@ -83,7 +83,11 @@ class Config:
 
     # Implementations.
     http: str = field(
-        default="auto", metadata=option("HTTP/1.1 parser back-end.", choices=HTTP_BACKENDS)
+        default="auto",
+        metadata=option(
+            "HTTP/1.1 parser back-end (auto: httptools, else the pure-Python parser).",
+            choices=HTTP_BACKENDS,
+        ),
     )
     loop: str = field(default="auto", metadata=option("Event loop.", choices=LOOPS))
     lifespan: str = field(

@@ -23,7 +23,7 @@ TESTS = Path(__file__).resolve().parent
 READY = re.compile(r"shardserve running on (https?)(?:\+unix)?://(\S+?)(?::(\d+))? \(")
 
 # Parser back-ends every HTTP behaviour test runs against.
-BACKENDS = ["httptools", "h11"]
+BACKENDS = ["httptools", "python", "h11"]
 
 
 class Server:

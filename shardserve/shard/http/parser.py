@@ -125,17 +125,18 @@ def check_version(http_version: str) -> None:
         raise ParseError(505, f"HTTP/{http_version} is not supported")
 
 
-BACKENDS = ("httptools", "h11")
+BACKENDS = ("httptools", "python", "h11")
 
 
 def resolve_backend(name: str) -> str:
-    """Turn ``--http`` into a back-end that can load here."""
+    """Turn ``--http`` into a back-end that can load here: httptools where its C
+    extension loads, else shardserve's own pure-Python parser."""
     if name != "auto":
         return name
     try:
         import httptools  # noqa: F401
     except ImportError:
-        return "h11"
+        return "python"
     return "httptools"
 
 
@@ -145,6 +146,10 @@ def parser_class(name: str) -> type[RequestParser]:
         from .parser_httptools import HttptoolsParser
 
         return HttptoolsParser
+    if backend == "python":
+        from .parser_python import PythonParser
+
+        return PythonParser
     if backend == "h11":
         from .parser_h11 import H11Parser
 

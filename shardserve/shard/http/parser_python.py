@@ -1,0 +1,439 @@
+"""Request-parser back-end in pure Python: strict, incremental and fast.
+
+For shards that cannot load C extensions (subinterpreters, PyPy, free-threaded
+builds), where h11 would otherwise cost several times the CPU per request.
+
+How it stays fast: a request head that arrives whole (nearly always) is found with
+one ``find`` and never copied; its bytes are checked for forbidden characters with
+one ``translate`` and its line structure with two ``count`` calls, so the per-line
+loop only splits names from values.  Field names are validated and lower-cased once
+per process through a bounded cache.  Bodies are passed on as slices of what
+arrived, never buffered.
+
+How it stays strict (RFC 9112): CRLF line endings only, no obs-fold, no whitespace
+before a colon, token names, no CTLs or bare CR, exactly one Host on HTTP/1.1,
+unambiguous framing (see ``_framing``), hex chunk sizes of at most 16 digits, and
+bounded request lines (414), heads and fields (431).  Intentional differences from
+h11 are listed in docs/http-parser.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .parser import METHODS, Limits, ParseError, RequestSink
+
+# Parser states.
+HEAD = 0  # waiting for (the rest of) a request head
+BODY = 1  # Content-Length body: ``remaining`` bytes to go
+CHUNK_SIZE = 2  # waiting for a chunk-size line
+CHUNK_DATA = 3  # ``remaining`` bytes of chunk data to go
+CHUNK_END = 4  # the CRLF after chunk data
+TRAILERS = 5  # the trailer section after the last chunk
+SWITCHED = 6  # the sink took the connection over: ignore input
+
+# Every byte a request head may contain anywhere: HTAB, LF, CR, SP, VCHAR, obs-text.
+# Which of them may appear where is checked per part.
+_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_token = re.compile(_TOKEN).fullmatch
+_version = re.compile(rb"HTTP/([0-9])\.([0-9])").fullmatch
+# Host: uri-host [ ":" port ] (RFC 9110 7.2), empty allowed; IP-literal or reg-name.
+_host = re.compile(
+    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
+)
+_authority = re.compile(
+    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~%!$&'()*+,;=]+):[0-9]+"
+).fullmatch
+_absolute = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*:").match
+_hex_size = re.compile(rb"[0-9A-Fa-f]+").fullmatch
+# chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_chunk_ext = re.compile(
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+).fullmatch
+
+# Field-name kinds the parser acts on.
+_OTHER = 0
+_CONTENT_LENGTH = 1
+_TRANSFER_ENCODING = 2
+_HOST = 3
+_CONNECTION = 4
+_UPGRADE = 5
+_KINDS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"host": _HOST,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+}
+
+# Raw field name -> (lower-cased name, kind), for names already seen to be valid tokens.
+# Bounded, so that clients inventing names cannot grow it.
+_NAMES: dict[bytes, tuple[bytes, int]] = {}
+_NAMES_MAX = 1024
+
+# Longest chunk-size line (size, extensions) accepted.
+MAX_CHUNK_LINE = 4096
+# Most hex digits of a chunk size, leading zeros aside: 2**64 - 1.
+MAX_CHUNK_DIGITS = 16
+# Most decimal digits of a Content-Length: under 2**63.
+MAX_LENGTH_DIGITS = 18
+
+
+def _name(raw: bytes) -> tuple[bytes, int]:
+    if _token(raw) is None:
+        raise ParseError(400, "invalid header field name (whitespace, obs-fold or a non-token)")
+    name = raw.lower()
+    entry = (name, _KINDS.get(name, _OTHER))
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[raw] = entry
+    return entry
+
+
+class PythonParser:
+    __slots__ = (
+        "sink",
+        "limits",
+        "state",
+        "buf",
+        "scanned",
+        "line_seen",
+        "remaining",
+        "upgrade",
+        "last_host",
+        "on_body",
+    )
+
+    def __init__(self, sink: RequestSink, limits: Limits) -> None:
+        self.sink = sink
+        self.limits = limits
+        self.state = HEAD
+        # Bytes received but not yet parsed: bytes when they arrived in one piece,
+        # a bytearray while pieces accumulate (appending to bytes would be quadratic).
+        self.buf: bytes | bytearray = b""
+        self.scanned = 0  # how far ``buf`` was already searched for a terminator
+        self.line_seen = False  # the request line of the head arriving is complete
+        self.remaining = 0
+        self.upgrade = False  # the request being received asks to switch protocols
+        self.last_host = b""  # the last Host value validated on this connection
+        self.on_body = sink.on_body
+
+    def feed(self, data: bytes) -> None:
+        buf = self.buf
+        if buf:
+            if type(buf) is bytes:
+                buf = bytearray(buf)
+            buf += data
+        else:
+            buf = data
+        state = self.state
+        while buf:
+            if state == HEAD:
+                if buf[0] == 13:
+                    # Empty lines before a request line are ignored (RFC 9112 2.2).
+                    stripped = buf.lstrip(b"\r\n")
+                    pairs, odd = divmod(len(buf) - len(stripped), 2)
+                    if buf[: 2 * pairs] != b"\r\n" * pairs or (odd and (stripped or buf[-1] != 13)):
+                        raise ParseError(400, "bare CR or LF before the request line")
+                    if odd:
+                        buf = b"\r"
+                        break
+                    buf = stripped
+                    continue
+                end = buf.find(b"\r\n\r\n", self.scanned)
+                if end < 0:
+                    self._head_incomplete(buf)
+                    break
+                self.scanned = 0
+                self.line_seen = False
+                state = self._head(bytes(buf[:end]) if type(buf) is bytearray else buf[:end])
+                buf = buf[end + 4 :]
+                if state == HEAD:
+                    state = self._end(buf)
+            elif state == BODY:
+                remaining = self.remaining
+                size = len(buf)
+                if size < remaining:
+                    self.remaining = remaining - size
+                    self.on_body(bytes(buf) if type(buf) is bytearray else buf)
+                    buf = b""
+                    break
+                self.on_body(bytes(buf[:remaining]))
+                buf = buf[remaining:]
+                state = self._end(buf)
+            elif state == CHUNK_DATA:
+                remaining = self.remaining
+                size = len(buf)
+                if size <= remaining:
+                    self.remaining = remaining - size
+                    self.on_body(bytes(buf) if type(buf) is bytearray else buf)
+                    buf = b""
+                    if size == remaining:
+                        state = CHUNK_END
+                    break
+                self.on_body(bytes(buf[:remaining]))
+                buf = buf[remaining:]
+                state = CHUNK_END
+            elif state == CHUNK_END:
+                if len(buf) < 2:
+                    if buf[0] != 13:
+                        raise ParseError(400, "chunk data not followed by CRLF")
+                    break
+                if buf[0] != 13 or buf[1] != 10:
+                    raise ParseError(400, "chunk data not followed by CRLF")
+                buf = buf[2:]
+                state = CHUNK_SIZE
+            elif state == CHUNK_SIZE:
+                end = buf.find(b"\r\n", self.scanned)
+                if end < 0:
+                    if len(buf) > MAX_CHUNK_LINE:
+                        raise ParseError(400, "chunk-size line too long")
+                    if b"\n" in buf:
+                        raise ParseError(400, "bare LF in chunk-size line")
+                    self.scanned = max(len(buf) - 1, 0)
+                    break
+                self.scanned = 0
+                size = _chunk_size(bytes(buf[:end]))
+                buf = buf[end + 2 :]
+                if size:
+                    self.remaining = size
+                    state = CHUNK_DATA
+                else:
+                    state = TRAILERS
+            elif state == TRAILERS:
+                if buf[0] == 13:
+                    if len(buf) < 2:
+                        break
+                    if buf[1] != 10:
+                        raise ParseError(400, "bare CR in trailer section")
+                    buf = buf[2:]
+                    state = self._end(buf)
+                    continue
+                end = buf.find(b"\r\n\r\n", self.scanned)
+                if end < 0:
+                    if len(buf) > self.limits.head:
+                        raise ParseError(431, "trailer section too large")
+                    self.scanned = max(len(buf) - 3, 0)
+                    break
+                self.scanned = 0
+                self._trailers(bytes(buf[:end]))
+                buf = buf[end + 4 :]
+                state = self._end(buf)
+            else:  # SWITCHED
+                buf = b""
+                break
+        self.state = state
+        self.buf = buf
+
+    # Request heads ------------------------------------------------------------------
+
+    def _head_incomplete(self, buf: bytes | bytearray) -> None:
+        """Bound what a head still arriving may make us hold, and fail early.  Only
+        bytes after ``scanned`` are searched, so a head in many pieces is not re-read."""
+        limits = self.limits
+        start = self.scanned
+        if not self.line_seen:
+            if buf.find(b"\r\n", start) >= 0:
+                self.line_seen = True
+            elif len(buf) > limits.request_line + 16:
+                raise ParseError(414, "request line too long")
+            elif buf.find(b"\n", start) >= 0:
+                raise ParseError(400, "bare LF in request line")
+        if len(buf) > limits.head:
+            raise ParseError(431, "request header fields too large")
+        if buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
+            raise ParseError(400, "bare LF in request head")
+        self.scanned = max(len(buf) - 3, 0)
+
+    def _head(self, head: bytes) -> int:
+        """Parse a complete head (without its final CRLF CRLF), pass the request on
+        and return the state its body puts the parser in."""
+        if head.translate(None, _HEAD_BYTES):
+            raise ParseError(400, "control character in request head")
+        lines = head.split(b"\r\n")
+        count = len(lines) - 1
+        if head.count(b"\r") != count or head.count(b"\n") != count:
+            raise ParseError(400, "bare CR or LF in request head")
+        limits = self.limits
+        if count > limits.fields:
+            raise ParseError(431, "too many request header fields")
+
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            raise ParseError(400, "malformed request line")
+        raw_method, target, raw_version = parts
+        method = METHODS.get(raw_method)
+        if method is None:
+            if _token(raw_method) is None:
+                raise ParseError(400, "invalid method")
+            method = raw_method.decode("ascii")
+        if raw_version == b"HTTP/1.1":
+            http_version = "1.1"
+        elif raw_version == b"HTTP/1.0":
+            http_version = "1.0"
+        else:
+            http_version = _other_version(raw_version)
+        if len(target) > limits.request_line:
+            raise ParseError(414, "request target too long")
+        if not target or b"\t" in target or not target.isascii():
+            raise ParseError(400, "invalid request target")
+        if target[0] != 47:  # not origin-form ("/...")
+            _check_other_target(method, target)
+
+        headers = []
+        content_length = None
+        transfer_encoding = None
+        host = None
+        connection = None
+        upgrade = False
+        field_size = limits.field_size
+        names = _NAMES
+        for index in range(1, count + 1):
+            line = lines[index]
+            raw_name, colon, value = line.partition(b":")
+            if not colon:
+                raise ParseError(400, "header line without a colon (or obs-fold)")
+            entry = names.get(raw_name)
+            name, kind = entry if entry is not None else _name(raw_name)
+            if len(line) > field_size:
+                raise ParseError(431, "request header field too large")
+            value = value.strip(b" \t")
+            headers.append((name, value))
+            if kind:
+                if kind == _HOST:
+                    if host is not None:
+                        raise ParseError(400, "more than one Host header")
+                    host = value
+                elif kind == _CONTENT_LENGTH:
+                    if content_length is not None:
+                        raise ParseError(400, "duplicate Content-Length")
+                    content_length = value
+                elif kind == _TRANSFER_ENCODING:
+                    transfer_encoding = (
+                        value if transfer_encoding is None else transfer_encoding + b"," + value
+                    )
+                elif kind == _CONNECTION:
+                    connection = value if connection is None else connection + b"," + value
+                else:
+                    upgrade = True
+
+        if host is None:
+            if http_version == "1.1":
+                raise ParseError(400, "missing Host header")
+        elif host != self.last_host:
+            if _host.fullmatch(host) is None:
+                raise ParseError(400, "invalid Host header")
+            self.last_host = host
+
+        if connection is None:
+            keep_alive = http_version == "1.1"
+        else:
+            keep_alive = _keep_alive(http_version, connection)
+        self.upgrade = upgrade or method == "CONNECT"
+        self.sink.on_request(method, target, http_version, headers, keep_alive)
+
+        if transfer_encoding is not None:
+            _check_transfer_encoding(http_version, transfer_encoding, content_length)
+            return CHUNK_SIZE
+        if content_length is not None:
+            if not content_length.isdigit() or len(content_length) > MAX_LENGTH_DIGITS:
+                raise ParseError(400, "invalid Content-Length")
+            length = int(content_length)
+            if length:
+                self.remaining = length
+                return BODY
+        return HEAD
+
+    def _end(self, rest: bytes | bytearray) -> int:
+        """The request is complete: tell the sink; offer it the connection if the
+        request asked to switch protocols.  The state to go on in."""
+        self.sink.on_request_end()
+        if self.upgrade:
+            self.upgrade = False
+            if self.sink.on_upgrade(bytes(rest)):
+                return SWITCHED
+        return HEAD
+
+    def _trailers(self, section: bytes) -> None:
+        """Validate trailer fields (RFC 9112 7.1.2) and drop them: not passed on."""
+        if section.translate(None, _HEAD_BYTES):
+            raise ParseError(400, "control character in trailer section")
+        lines = section.split(b"\r\n")
+        count = len(lines)
+        if section.count(b"\r") != count - 1 or section.count(b"\n") != count - 1:
+            raise ParseError(400, "bare CR or LF in trailer section")
+        if count > self.limits.fields:
+            raise ParseError(431, "too many trailer fields")
+        for line in lines:
+            raw_name, colon, _ = line.partition(b":")
+            if not colon:
+                raise ParseError(400, "trailer line without a colon")
+            if raw_name not in _NAMES:
+                _name(raw_name)
+            if len(line) > self.limits.field_size:
+                raise ParseError(431, "trailer field too large")
+
+
+def _other_version(raw: bytes) -> str:
+    match = _version(raw)
+    if match is None:
+        raise ParseError(400, "malformed HTTP version")
+    major, minor = match.group(1), match.group(2)
+    if major != b"1":
+        raise ParseError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+    raise ParseError(400, f"invalid HTTP version 1.{minor.decode()}")
+
+
+def _check_other_target(method: str, target: bytes) -> None:
+    """absolute-form for any method, authority-form for CONNECT only, asterisk-form
+    for OPTIONS only (RFC 9112 3.2)."""
+    if method == "CONNECT":
+        if _authority(target) is None:
+            raise ParseError(400, "CONNECT needs an authority-form target (host:port)")
+    elif target == b"*":
+        if method != "OPTIONS":
+            raise ParseError(400, "asterisk-form target outside OPTIONS")
+    elif _absolute(target) is None:
+        raise ParseError(400, "invalid request target")
+
+
+def _keep_alive(http_version: str, connection: bytes) -> bool:
+    tokens = {token.strip(b" \t").lower() for token in connection.split(b",")}
+    if b"close" in tokens:
+        return False
+    return http_version == "1.1" or b"keep-alive" in tokens
+
+
+def _check_transfer_encoding(http_version: str, value: bytes, content_length) -> None:
+    """RFC 9112 6.1 and 6.3: chunked must be the final coding and appear once;
+    Transfer-Encoding excludes Content-Length and HTTP/1.0 (a faulty framing)."""
+    if content_length is not None:
+        raise ParseError(400, "Content-Length together with Transfer-Encoding")
+    if http_version != "1.1":
+        raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    codings = [coding.strip(b" \t").lower() for coding in value.split(b",")]
+    if codings[-1] != b"chunked":
+        raise ParseError(400, "Transfer-Encoding does not end with chunked")
+    if len(codings) > 1:
+        for coding in codings[:-1]:
+            if coding == b"chunked":
+                raise ParseError(400, "chunked applied more than once")
+            if _token(coding) is None:
+                raise ParseError(400, "invalid transfer coding")
+        raise ParseError(501, "transfer codings other than chunked are not implemented")
+
+
+def _chunk_size(line: bytes) -> int:
+    size, semicolon, _ = line.partition(b";")
+    if semicolon:
+        # BWS may sit between the size and the extensions.
+        size = size.rstrip(b" \t")
+        if _chunk_ext(line[len(size) :]) is None:
+            raise ParseError(400, "invalid chunk extension")
+    if _hex_size(size) is None:
+        raise ParseError(400, "invalid chunk size")
+    if len(size.lstrip(b"0")) > MAX_CHUNK_DIGITS:
+        raise ParseError(400, "chunk size too large")
+    return int(size, 16)
