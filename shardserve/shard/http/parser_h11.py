@@ -8,6 +8,8 @@ previous one.
 
 from __future__ import annotations
 
+import re
+
 import h11
 
 from .parser import (
@@ -20,6 +22,7 @@ from .parser import (
     keep_alive_requested,
 )
 
+_LISTED_LENGTH = re.compile(rb"\ncontent-length:[^\n]*,")
 _Request = h11.Request
 _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
@@ -95,7 +98,8 @@ class H11Parser:
         check_framing(http_version, headers)
         head = self.head.partition(b"\r\n\r\n")[0].lower()
         self.head = b""
-        if head.count(b"\ncontent-length:") > 1:
+        if head.count(b"\ncontent-length:") > 1 or _LISTED_LENGTH.search(head):
+            # h11 merges identical Content-Length lines and list values ("5, 5").
             raise ParseError(400, "duplicate Content-Length")
         self.sink.on_request(
             decode_method(event.method),

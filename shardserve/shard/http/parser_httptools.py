@@ -101,7 +101,8 @@ class HttptoolsParser:
         name = name.lower()
         if name == b"host":
             self.host = True
-        self.headers.append((name, value))
+        # llhttp drops the whitespace before a value but keeps what follows it.
+        self.headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         headers = self.headers

@@ -78,6 +78,9 @@ _NAMES_MAX = 1024
 MAX_CHUNK_LINE = 4096
 # Most hex digits of a chunk size, leading zeros aside: 2**64 - 1.
 MAX_CHUNK_DIGITS = 16
+# A request line may exceed --limit-request-line (which bounds the target) by this
+# much: method, spaces and version.
+REQUEST_LINE_EXTRA = 16
 # Most decimal digits of a Content-Length: under 2**63.
 MAX_LENGTH_DIGITS = 18
 
@@ -128,124 +131,119 @@ class PythonParser:
             buf += data
         else:
             buf = data
+        # Parse from ``pos`` on; what is left is copied once, at the end, so that a
+        # read holding many pipelined requests or chunks is not copied per item.
+        pos = 0
+        size = len(buf)
         state = self.state
-        while buf:
+        while pos < size:
             if state == HEAD:
-                if buf[0] == 13:
-                    # Empty lines before a request line are ignored (RFC 9112 2.2).
-                    stripped = buf.lstrip(b"\r\n")
-                    pairs, odd = divmod(len(buf) - len(stripped), 2)
-                    if buf[: 2 * pairs] != b"\r\n" * pairs or (odd and (stripped or buf[-1] != 13)):
-                        raise ParseError(400, "bare CR or LF before the request line")
-                    if odd:
-                        buf = b"\r"
+                if buf[pos] == 13:
+                    pos = _skip_empty_lines(buf, pos)
+                    if pos < size and buf[pos] == 13:  # a CR whose LF has not arrived
                         break
-                    buf = stripped
                     continue
-                end = buf.find(b"\r\n\r\n", self.scanned)
+                end = buf.find(b"\r\n\r\n", pos + self.scanned)
                 if end < 0:
-                    self._head_incomplete(buf)
+                    self._head_incomplete(buf, pos)
                     break
                 self.scanned = 0
                 self.line_seen = False
-                state = self._head(bytes(buf[:end]) if type(buf) is bytearray else buf[:end])
-                buf = buf[end + 4 :]
+                state = self._head(bytes(buf[pos:end]))
+                pos = end + 4
                 if state == HEAD:
-                    state = self._end(buf)
+                    state = self._end(buf, pos)
             elif state == BODY:
                 remaining = self.remaining
-                size = len(buf)
-                if size < remaining:
-                    self.remaining = remaining - size
-                    self.on_body(bytes(buf) if type(buf) is bytearray else buf)
-                    buf = b""
+                if size - pos < remaining:
+                    self.remaining = remaining - (size - pos)
+                    self.on_body(bytes(buf[pos:]))
+                    pos = size
                     break
-                self.on_body(bytes(buf[:remaining]))
-                buf = buf[remaining:]
-                state = self._end(buf)
+                pos += remaining
+                self.on_body(bytes(buf[pos - remaining : pos]))
+                state = self._end(buf, pos)
             elif state == CHUNK_DATA:
                 remaining = self.remaining
-                size = len(buf)
-                if size <= remaining:
-                    self.remaining = remaining - size
-                    self.on_body(bytes(buf) if type(buf) is bytearray else buf)
-                    buf = b""
-                    if size == remaining:
+                if size - pos <= remaining:
+                    self.remaining = remaining - (size - pos)
+                    self.on_body(bytes(buf[pos:]))
+                    pos = size
+                    if not self.remaining:
                         state = CHUNK_END
                     break
-                self.on_body(bytes(buf[:remaining]))
-                buf = buf[remaining:]
+                pos += remaining
+                self.on_body(bytes(buf[pos - remaining : pos]))
                 state = CHUNK_END
             elif state == CHUNK_END:
-                if len(buf) < 2:
-                    if buf[0] != 13:
-                        raise ParseError(400, "chunk data not followed by CRLF")
-                    break
-                if buf[0] != 13 or buf[1] != 10:
+                if buf[pos] != 13 or (size - pos > 1 and buf[pos + 1] != 10):
                     raise ParseError(400, "chunk data not followed by CRLF")
-                buf = buf[2:]
+                if size - pos < 2:
+                    break
+                pos += 2
                 state = CHUNK_SIZE
             elif state == CHUNK_SIZE:
-                end = buf.find(b"\r\n", self.scanned)
+                end = buf.find(b"\r\n", pos + self.scanned)
                 if end < 0:
-                    if len(buf) > MAX_CHUNK_LINE:
+                    if size - pos > MAX_CHUNK_LINE:
                         raise ParseError(400, "chunk-size line too long")
-                    if b"\n" in buf:
+                    if buf.find(b"\n", pos + self.scanned) >= 0:
                         raise ParseError(400, "bare LF in chunk-size line")
-                    self.scanned = max(len(buf) - 1, 0)
+                    self.scanned = max(size - pos - 1, 0)
                     break
                 self.scanned = 0
-                size = _chunk_size(bytes(buf[:end]))
-                buf = buf[end + 2 :]
-                if size:
-                    self.remaining = size
+                chunk_size = _chunk_size(bytes(buf[pos:end]))
+                pos = end + 2
+                if chunk_size:
+                    self.remaining = chunk_size
                     state = CHUNK_DATA
                 else:
                     state = TRAILERS
             elif state == TRAILERS:
-                if buf[0] == 13:
-                    if len(buf) < 2:
+                if buf[pos] == 13:  # no (more) trailer fields
+                    if size - pos < 2:
                         break
-                    if buf[1] != 10:
+                    if buf[pos + 1] != 10:
                         raise ParseError(400, "bare CR in trailer section")
-                    buf = buf[2:]
-                    state = self._end(buf)
+                    pos += 2
+                    state = self._end(buf, pos)
                     continue
-                end = buf.find(b"\r\n\r\n", self.scanned)
+                end = buf.find(b"\r\n\r\n", pos + self.scanned)
                 if end < 0:
-                    if len(buf) > self.limits.head:
+                    if size - pos > self.limits.head:
                         raise ParseError(431, "trailer section too large")
-                    self.scanned = max(len(buf) - 3, 0)
+                    self.scanned = max(size - pos - 3, 0)
                     break
                 self.scanned = 0
-                self._trailers(bytes(buf[:end]))
-                buf = buf[end + 4 :]
-                state = self._end(buf)
-            else:  # SWITCHED
-                buf = b""
-                break
+                self._trailers(bytes(buf[pos:end]))
+                pos = end + 4
+                state = self._end(buf, pos)
+            else:  # SWITCHED: the rest went to the sink
+                pos = size
         self.state = state
+        if pos:  # else keep it whole: no copy while a head arrives in pieces
+            buf = buf[pos:] if pos < size else b""
         self.buf = buf
 
     # Request heads ------------------------------------------------------------------
 
-    def _head_incomplete(self, buf: bytes | bytearray) -> None:
+    def _head_incomplete(self, buf: bytes | bytearray, pos: int) -> None:
         """Bound what a head still arriving may make us hold, and fail early.  Only
         bytes after ``scanned`` are searched, so a head in many pieces is not re-read."""
         limits = self.limits
-        start = self.scanned
+        start = pos + self.scanned
         if not self.line_seen:
             if buf.find(b"\r\n", start) >= 0:
                 self.line_seen = True
-            elif len(buf) > limits.request_line + 16:
+            elif len(buf) - pos > limits.request_line + REQUEST_LINE_EXTRA:
                 raise ParseError(414, "request line too long")
             elif buf.find(b"\n", start) >= 0:
                 raise ParseError(400, "bare LF in request line")
-        if len(buf) > limits.head:
+        if len(buf) - pos > limits.head:
             raise ParseError(431, "request header fields too large")
         if buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
             raise ParseError(400, "bare LF in request head")
-        self.scanned = max(len(buf) - 3, 0)
+        self.scanned = max(len(buf) - pos - 3, 0)
 
     def _head(self, head: bytes) -> int:
         """Parse a complete head (without its final CRLF CRLF), pass the request on
@@ -275,12 +273,16 @@ class PythonParser:
             http_version = "1.0"
         else:
             http_version = _other_version(raw_version)
-        if len(target) > limits.request_line:
-            raise ParseError(414, "request target too long")
+        if len(target) > limits.request_line or (
+            len(lines[0]) > limits.request_line + REQUEST_LINE_EXTRA
+        ):
+            raise ParseError(414, "request line too long")
         if not target or b"\t" in target or not target.isascii():
             raise ParseError(400, "invalid request target")
         if target[0] != 47:  # not origin-form ("/...")
             _check_other_target(method, target)
+        elif method == "CONNECT":
+            raise ParseError(400, "CONNECT needs an authority-form target (host:port)")
 
         headers = []
         content_length = None
@@ -327,32 +329,36 @@ class PythonParser:
                 raise ParseError(400, "invalid Host header")
             self.last_host = host
 
+        # Framing is decided before the request is passed on: a request that will be
+        # rejected must never reach the app.
+        state = HEAD
+        if transfer_encoding is not None:
+            _check_transfer_encoding(http_version, transfer_encoding, content_length)
+            state = CHUNK_SIZE
+        elif content_length is not None:
+            if not content_length.isdigit() or len(content_length) > MAX_LENGTH_DIGITS:
+                raise ParseError(400, "invalid Content-Length")
+            length = int(content_length)
+            if length:
+                self.remaining = length
+                state = BODY
+
         if connection is None:
             keep_alive = http_version == "1.1"
         else:
             keep_alive = _keep_alive(http_version, connection)
         self.upgrade = upgrade or method == "CONNECT"
         self.sink.on_request(method, target, http_version, headers, keep_alive)
+        return state
 
-        if transfer_encoding is not None:
-            _check_transfer_encoding(http_version, transfer_encoding, content_length)
-            return CHUNK_SIZE
-        if content_length is not None:
-            if not content_length.isdigit() or len(content_length) > MAX_LENGTH_DIGITS:
-                raise ParseError(400, "invalid Content-Length")
-            length = int(content_length)
-            if length:
-                self.remaining = length
-                return BODY
-        return HEAD
-
-    def _end(self, rest: bytes | bytearray) -> int:
-        """The request is complete: tell the sink; offer it the connection if the
-        request asked to switch protocols.  The state to go on in."""
+    def _end(self, buf: bytes | bytearray, pos: int) -> int:
+        """The request is complete: tell the sink; offer it the connection (and the
+        bytes from ``pos`` on) if the request asked to switch protocols.  The state
+        to go on in."""
         self.sink.on_request_end()
         if self.upgrade:
             self.upgrade = False
-            if self.sink.on_upgrade(bytes(rest)):
+            if self.sink.on_upgrade(bytes(buf[pos:])):
                 return SWITCHED
         return HEAD
 
@@ -374,6 +380,19 @@ class PythonParser:
                 _name(raw_name)
             if len(line) > self.limits.field_size:
                 raise ParseError(431, "trailer field too large")
+
+
+def _skip_empty_lines(buf: bytes | bytearray, pos: int) -> int:
+    """Empty lines before a request line are ignored (RFC 9112 2.2).  Returns where
+    the request line starts, or the position of a final CR still missing its LF."""
+    size = len(buf)
+    while pos < size and buf[pos] == 13:
+        if pos + 1 == size:
+            return pos
+        if buf[pos + 1] != 10:
+            raise ParseError(400, "bare CR before the request line")
+        pos += 2
+    return pos
 
 
 def _other_version(raw: bytes) -> str:
@@ -413,8 +432,9 @@ def _check_transfer_encoding(http_version: str, value: bytes, content_length) ->
         raise ParseError(400, "Content-Length together with Transfer-Encoding")
     if http_version != "1.1":
         raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")
-    codings = [coding.strip(b" \t").lower() for coding in value.split(b",")]
-    if codings[-1] != b"chunked":
+    # Empty list elements do not count (RFC 9110 5.6.1): "chunked," is chunked.
+    codings = [c for c in (c.strip(b" \t").lower() for c in value.split(b",")) if c]
+    if not codings or codings[-1] != b"chunked":
         raise ParseError(400, "Transfer-Encoding does not end with chunked")
     if len(codings) > 1:
         for coding in codings[:-1]:
