@@ -319,6 +319,31 @@ def test_malformed_request_is_answered_and_closed(serve, backend, case):
     assert_serves(server)
 
 
+SMUGGLING_FRAMINGS = {
+    "te-gzip": b"Transfer-Encoding: gzip\r\n",
+    "te-chunked-gzip": b"Transfer-Encoding: chunked, gzip\r\n",
+    "te-with-cl": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    "cl-list": b"Content-Length: 5, 5\r\n",
+}
+
+
+@pytest.mark.parametrize("framing", list(SMUGGLING_FRAMINGS))
+def test_request_rejected_for_its_framing_never_reaches_the_app(serve, backend, framing):
+    """Some back-ends report a head before they find its framing bad: the app must
+    still never run for it (the route would log an exception if it did)."""
+    server = serve(APP, "--http", backend)
+    raw = b"POST /raise-before HTTP/1.1\r\n" + HOST + SMUGGLING_FRAMINGS[framing] + b"\r\n"
+    with connect(server) as sock:
+        sock.sendall(raw + b"5\r\nhello\r\n0\r\n\r\n")
+        data, closed = read_to_close(sock)
+    assert closed
+    responses = parse_responses(data)
+    assert len(responses) == 1, data
+    assert responses[0].status in (400, 501)
+    assert_serves(server)
+    assert "Exception in ASGI application" not in server.output
+
+
 def test_malformed_request_after_good_one_on_same_connection(serve, backend):
     """A keep-alive connection that goes bad gets its earlier answer, then the error."""
     server = serve(APP, "--http", backend, *LIMITS)
