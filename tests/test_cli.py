@@ -200,6 +200,29 @@ def test_env_bad_value_is_one_line(serve):
 def test_env_http(serve, value):
     server = serve("apps.echo:hello", env={"SHARDSERVE_HTTP": value})
     assert httpx.get(server.url + "/", timeout=5).text == "Hello, world!"
+    server.wait_for(rf"Started shard 0 \[\d+\] \(http: {value}, loop: ", 1)
+
+
+def test_http_auto_is_httptools_where_it_loads(serve):
+    server = serve("apps.echo:hello")
+    server.wait_for(r"Started shard 0 \[\d+\] \(http: httptools, loop: uvloop\)", 1)
+
+
+def test_http_auto_falls_back_to_the_python_parser_without_httptools(serve, tmp_path):
+    """Where httptools cannot load (here: an httptools that fails to import, standing in
+    for a Python without its wheel) --http auto uses the pure-Python parser."""
+    broken = tmp_path / "httptools"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("no C extension here")\n')
+    path = os.pathsep.join([str(tmp_path), str(ROOT), str(TESTS)])
+    server = serve("apps.echo:hello", "--loop", "asyncio", env={"PYTHONPATH": path})
+    server.wait_for(r"Started shard 0 \[\d+\] \(http: python, loop: asyncio\)", 1)
+    assert httpx.get(server.url + "/", timeout=5).text == "Hello, world!"
+    # Strict where RFC 9112 says so, as only the Python parser is among auto's choices:
+    # llhttp would accept a second Host.
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 400 ")
 
 
 def test_env_http_is_read(serve):

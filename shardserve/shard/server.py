@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ..importer import load_app
+from .http.parser import resolve_backend
 from .http.protocol import HttpConnection
 from .lifespan import Lifespan
 from .state import ShardState
@@ -142,7 +143,13 @@ class Shard:
         app = self.app
         if app is None or isinstance(app, str):
             app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
-        logger.info("Started shard %d [%d]", self.index, os.getpid())
+        logger.info(
+            "Started shard %d [%d] (http: %s, loop: %s)",
+            self.index,
+            os.getpid(),
+            resolve_backend(config.http),
+            "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
+        )
         state = self.state = ShardState(config, app, loop)
         state.on_max_requests = self._on_max_requests
 

@@ -107,6 +107,7 @@ class PythonParser:
         "upgrade",
         "last_host",
         "on_body",
+        "on_request_end",
     )
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
@@ -122,6 +123,7 @@ class PythonParser:
         self.upgrade = False  # the request being received asks to switch protocols
         self.last_host = b""  # the last Host value validated on this connection
         self.on_body = sink.on_body
+        self.on_request_end = sink.on_request_end
 
     def feed(self, data: bytes) -> None:
         buf = self.buf
@@ -151,8 +153,10 @@ class PythonParser:
                 self.line_seen = False
                 state = self._head(bytes(buf[pos:end]))
                 pos = end + 4
-                if state == HEAD:
-                    state = self._end(buf, pos)
+                if state == HEAD:  # no body: the request is complete
+                    self.on_request_end()
+                    if self.upgrade:
+                        state = self._switch(buf, pos)
             elif state == BODY:
                 remaining = self.remaining
                 if size - pos < remaining:
@@ -273,8 +277,9 @@ class PythonParser:
             http_version = "1.0"
         else:
             http_version = _other_version(raw_version)
-        if len(target) > limits.request_line or (
-            len(lines[0]) > limits.request_line + REQUEST_LINE_EXTRA
+        if len(head) > limits.request_line and (
+            len(target) > limits.request_line
+            or len(lines[0]) > limits.request_line + REQUEST_LINE_EXTRA
         ):
             raise ParseError(414, "request line too long")
         if not target or b"\t" in target or not target.isascii():
@@ -284,25 +289,27 @@ class PythonParser:
         elif method == "CONNECT":
             raise ParseError(400, "CONNECT needs an authority-form target (host:port)")
 
+        if len(head) > limits.field_size:
+            field_size = limits.field_size
+            for index in range(1, count + 1):
+                if len(lines[index]) > field_size:
+                    raise ParseError(431, "request header field too large")
+
         headers = []
+        append = headers.append
         content_length = None
         transfer_encoding = None
         host = None
         connection = None
         upgrade = False
-        field_size = limits.field_size
         names = _NAMES
-        for index in range(1, count + 1):
-            line = lines[index]
+        for line in lines[1:]:
             raw_name, colon, value = line.partition(b":")
             if not colon:
                 raise ParseError(400, "header line without a colon (or obs-fold)")
-            entry = names.get(raw_name)
-            name, kind = entry if entry is not None else _name(raw_name)
-            if len(line) > field_size:
-                raise ParseError(431, "request header field too large")
+            name, kind = names.get(raw_name) or _name(raw_name)
             value = value.strip(b" \t")
-            headers.append((name, value))
+            append((name, value))
             if kind:
                 if kind == _HOST:
                     if host is not None:
@@ -352,15 +359,15 @@ class PythonParser:
         return state
 
     def _end(self, buf: bytes | bytearray, pos: int) -> int:
-        """The request is complete: tell the sink; offer it the connection (and the
-        bytes from ``pos`` on) if the request asked to switch protocols.  The state
-        to go on in."""
-        self.sink.on_request_end()
-        if self.upgrade:
-            self.upgrade = False
-            if self.sink.on_upgrade(bytes(buf[pos:])):
-                return SWITCHED
-        return HEAD
+        """The request is complete: tell the sink, and go on in the state returned."""
+        self.on_request_end()
+        return self._switch(buf, pos) if self.upgrade else HEAD
+
+    def _switch(self, buf: bytes | bytearray, pos: int) -> int:
+        """Offer the connection (and the bytes from ``pos`` on) to the sink, as the
+        request that just ended asked to switch protocols."""
+        self.upgrade = False
+        return SWITCHED if self.sink.on_upgrade(bytes(buf[pos:])) else HEAD
 
     def _trailers(self, section: bytes) -> None:
         """Validate trailer fields (RFC 9112 7.1.2) and drop them: not passed on."""
