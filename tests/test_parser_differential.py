@@ -342,22 +342,6 @@ def _invalid_host(raw: bytes) -> bool:
     return any(_HOST_VALUE.fullmatch(v.strip(b" \t")) is None for v in values)
 
 
-def _strip_values(outcome: Outcome) -> Outcome:
-    requests = tuple(
-        Request(
-            r.method,
-            r.target,
-            r.version,
-            tuple((n, v.strip(b" \t")) for n, v in r.headers),
-            r.body,
-            r.keep_alive,
-            r.ended,
-        )
-        for r in outcome.requests
-    )
-    return Outcome(requests, outcome.final)
-
-
 def as_h11_reports(outcome: Outcome) -> Outcome:
     """h11 lower-cases Transfer-Encoding values before passing them on; PythonParser
     passes values as received.  Not a difference in parsing."""
@@ -540,13 +524,6 @@ HTTPTOOLS_KNOWN_DIFFERENCES: list[KnownDifference] = [
         other_rejects(400),
         "llhttp answers 400 to any method outside its table, PythonParser accepts any token: "
         "RFC 9110 9.1, method = token; an unknown method is the application's 501.",
-    ),
-    KnownDifference(
-        "trailing-whitespace",
-        _search(rb"[ \t]\r\n"),
-        same_after(_strip_values),
-        "HttptoolsParser keeps trailing whitespace in field values, PythonParser strips it: "
-        "RFC 9110 5.5, OWS around a field value is not part of it (an HttptoolsParser bug).",
     ),
     KnownDifference(
         "repeated-host",
