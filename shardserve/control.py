@@ -54,12 +54,66 @@ class FrameReader:
         return frames
 
 
-class Channel:
-    """One end of a control socketpair, driven by an event loop.
+class _End:
+    """What both kinds of channel end share: callbacks, received fds, and how
+    payloads become messages.
 
-    ``on_message(message)`` gets each decoded message; ``on_error(exc)`` a
-    malformed frame (the channel stops reading); ``on_closed()`` the peer's end.
+    ``on_message(message)`` gets each decoded message; ``on_error(exc)`` a malformed
+    one (the channel stops reading); ``on_closed()`` the peer's end.
     """
+
+    def __init__(
+        self,
+        codec: Any,
+        on_message: Callable[[Any], None],
+        on_closed: Callable[[], None],
+        on_error: Callable[[Exception], None],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.codec = codec
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self.on_error = on_error
+        self.loop = loop or asyncio.get_running_loop()
+        self.fds: deque[int] = deque()
+        self.closed = False
+
+    def _deliver(self, payloads: list[bytes]) -> None:
+        try:
+            for payload in payloads:
+                message = self.codec.decode(payload)
+                _attach_fds(message, self.fds)
+                self.on_message(message)
+                if self.closed:
+                    return
+        except MessageError as exc:
+            self._stop_reading()
+            self.on_error(exc)
+
+    def _fail(self, exc: MessageError) -> None:
+        self._stop_reading()
+        self.on_error(exc)
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.close()
+            self.on_closed()
+
+    def _close_fds(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def _stop_reading(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Channel(_End):
+    """One end of a control socketpair, driven by an event loop."""
 
     def __init__(
         self,
@@ -70,16 +124,10 @@ class Channel:
         on_error: Callable[[Exception], None],
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        super().__init__(codec, on_message, on_closed, on_error, loop)
         self.sock = sock
-        self.codec = codec
-        self.on_message = on_message
-        self.on_closed = on_closed
-        self.on_error = on_error
-        self.loop = loop or asyncio.get_running_loop()
         self.reader = FrameReader()
-        self.fds: deque[int] = deque()
         self.outgoing: deque[tuple[memoryview, list[int]]] = deque()
-        self.closed = False
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -94,22 +142,17 @@ class Channel:
             data, ancillary = b"", []
         self.fds.extend(_fds_from(ancillary))
         if len(self.fds) > _MAX_FDS:
-            self._stop_reading()
-            self.on_error(MessageError("file descriptors no message asked for"))
+            self._fail(MessageError("file descriptors no message asked for"))
             return
         if not data:
             self._lost()
             return
         try:
-            for payload in self.reader.feed(data):
-                message = self.codec.decode(payload)
-                _attach_fds(message, self.fds)
-                self.on_message(message)
-                if self.closed:
-                    return
+            payloads = self.reader.feed(data)
         except MessageError as exc:
-            self._stop_reading()
-            self.on_error(exc)
+            self._fail(exc)
+            return
+        self._deliver(payloads)
 
     def read_remaining(self) -> None:
         """Take in whatever the peer sent before it went away."""
@@ -121,11 +164,6 @@ class Channel:
                 return
             if self.closed or len(self.reader.buffer) == before:
                 return
-
-    def _lost(self) -> None:
-        if not self.closed:
-            self.close()
-            self.on_closed()
 
     # Sending ---------------------------------------------------------------------------
 
@@ -179,11 +217,94 @@ class Channel:
                 self.loop.remove_reader(fileno)
             with contextlib.suppress(Exception):
                 self.loop.remove_writer(fileno)
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
+        self._close_fds()
         self.sock.close()
+
+
+class QueueChannel(_End):
+    """One end of a control channel between interpreters of one process: encoded
+    messages through an interpreters queue each way, and a socketpair *doorbell*
+    that wakes the reader's event loop (``loop.add_reader``), so nobody polls.
+
+    Same interface and message handling as ``Channel``.  File descriptors travel as
+    numbers next to the payload; the sender gives them up (the receiver owns them).
+    """
+
+    def __init__(
+        self,
+        inbox: Any,
+        outbox: Any,
+        bell: socket.socket,
+        codec: Any,
+        on_message: Callable[[Any], None],
+        on_closed: Callable[[], None],
+        on_error: Callable[[Exception], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(codec, on_message, on_closed, on_error, loop)
+        self.inbox = inbox
+        self.outbox = outbox
+        self.bell = bell
+        bell.setblocking(False)
+        self.loop.add_reader(bell.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            rung = self.bell.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            rung = None
+        except OSError:
+            rung = b""
+        self._take()
+        if rung == b"":
+            self._lost()
+
+    def _take(self) -> None:
+        payloads = []
+        while not self.closed:
+            try:
+                item = self.inbox.get_nowait()
+            except Exception:  # noqa: BLE001 - QueueEmpty, whichever module defines it
+                break
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
+                self._fail(MessageError("malformed queue item"))
+                return
+            payload, fds = item
+            if len(payload) > MAX_FRAME:
+                self._fail(MessageError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}"))
+                return
+            self.fds.extend(fds)
+            payloads.append(payload)
+        self._deliver(payloads)
+
+    def read_remaining(self) -> None:
+        """Take in whatever the peer sent before it went away."""
+        if not self.closed:
+            self._take()
+
+    def send(self, message: Any, fds: list[int] | None = None) -> None:
+        """Queue a message (and file descriptors) for the peer; never blocks."""
+        if self.closed:
+            return
+        self.outbox.put_nowait((self.codec.encode(message), tuple(fds or ())))
+        try:
+            self.bell.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the bell is already ringing: the peer will look at the queue
+        except OSError:
+            self._lost()
+
+    def _stop_reading(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.bell.fileno())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_reading()
+        self._close_fds()
+        self.bell.close()
 
 
 # Blocking helpers, for the moments a process has no event loop ---------------------------

@@ -1,0 +1,221 @@
+"""Subinterpreter groundwork (issue 6), in real own-GIL subinterpreters on Python 3.13+.
+
+- the control channel between interpreters (an interpreters queue each way plus a
+  socketpair doorbell) carries the same messages, fds included, as the socket one;
+- the shard's own code (stdlib asyncio, the pure-Python parser) serves real HTTP from
+  inside a subinterpreter, on a dup of a listener the main interpreter owns, and stops
+  when told through the doorbell.
+
+Under Python 3.11 these skip with the reason; CI runs them under Python 3.13 (.ci/run
+makes .venv313 from pyenv's 3.13 and fails if it cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from shardserve.interpreters import unavailable_reason
+
+REASON = unavailable_reason()
+pytestmark = pytest.mark.skipif(
+    REASON is not None, reason=f"{REASON}: CI runs these with .venv313 (see .ci/run)"
+)
+
+# What a subinterpreter runs: the shard's end of a QueueChannel over the queues it was
+# given (inbox, outbox) and the doorbell fd.  It reports Ready, echoes a Stats per
+# Drain, closes an adopted socket after reporting its port, and ends on Stop.
+SHARD_END = """
+import asyncio, socket
+from shardserve.control import QueueChannel
+from shardserve.messages import Adopt, Drain, JsonCodec, Ready, Stats, Stop
+
+async def main():
+    done = asyncio.get_running_loop().create_future()
+    def on_message(message):
+        if isinstance(message, Drain):
+            channel.send(Stats(index=0, generation=1, requests=7))
+        elif isinstance(message, Adopt):
+            sock = socket.socket(fileno=message.fds[0])
+            channel.send(Stats(index=0, generation=1, requests=sock.getsockname()[1]))
+            sock.close()
+        elif isinstance(message, Stop):
+            done.set_result(None)
+    channel = QueueChannel(inbox, outbox, socket.socket(fileno=bell_fd), JsonCodec(),
+                           on_message, lambda: done.done() or done.set_result(None),
+                           lambda exc: None)
+    channel.send(Ready(index=0, pid=0, generation=1))
+    await done
+    channel.close()
+
+asyncio.run(main())
+"""
+
+
+def _start(code: str, **shared):
+    from shardserve.interpreters import load, prepare_queues
+
+    api = load()
+    interp = api.create()
+    queues = {k: v for k, v in shared.items() if not isinstance(v, int)}
+    numbers = {k: v for k, v in shared.items() if isinstance(v, int)}
+    prepare_queues(interp, api, **queues)
+    interp.prepare_main(**numbers)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            interp.exec(code)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="subinterpreter")
+    thread.start()
+    return api, interp, thread, failure
+
+
+def test_queue_channel_between_interpreters():
+    from shardserve.control import QueueChannel
+    from shardserve.interpreters import load
+    from shardserve.messages import Adopt, Drain, MsgspecCodec, Ready, Stats, Stop
+
+    api = load()
+    to_shard, to_coordinator = api.create_queue(), api.create_queue()
+    ours, theirs = socket.socketpair()
+    _, interp, thread, failure = _start(
+        SHARD_END, inbox=to_shard, outbox=to_coordinator, bell_fd=os.dup(theirs.fileno())
+    )
+    theirs.close()
+    received: list = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    async def coordinator() -> None:
+        arrived = asyncio.Event()
+
+        def on_message(message) -> None:
+            received.append(message)
+            arrived.set()
+
+        channel = QueueChannel(
+            to_coordinator, to_shard, ours, MsgspecCodec(), on_message, lambda: None, print
+        )
+
+        async def next_message():
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 10)
+            return received.pop(0)
+
+        assert isinstance(await next_message(), Ready)
+        channel.send(Drain(close_idle=True))
+        stats = await next_message()
+        assert isinstance(stats, Stats) and stats.requests == 7
+        channel.send(Adopt(listener=1), fds=[os.dup(listener.fileno())])
+        stats = await next_message()
+        assert stats.requests == port  # the shard's end used the fd it was given
+        channel.send(Stop())
+        channel.close()
+
+    asyncio.run(asyncio.wait_for(coordinator(), 30))
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not failure, failure
+    interp.close()
+    listener.close()
+
+
+# The shard itself in a subinterpreter: its code unchanged, stdlib asyncio and the
+# pure-Python parser; Drain through the doorbell stops it.
+SHARD_SERVES = """
+import asyncio, socket
+from shardserve.config import Config
+from shardserve.control import QueueChannel
+from shardserve.messages import Drain, JsonCodec, Ready
+from shardserve.shard.server import Shard
+
+config = Config(app="examples.hello:app", http="auto", loop="auto", lifespan="on")
+shard = Shard(config, [socket.socket(fileno=listener_fd)], index=0)
+channel = None
+
+def setup(loop, _shard):
+    global channel
+    def on_message(message):
+        if isinstance(message, Drain):
+            shard.request_stop(close_idle=message.close_idle)
+    channel = QueueChannel(inbox, outbox, socket.socket(fileno=bell_fd), JsonCodec(),
+                           on_message, shard.request_stop, lambda exc: None, loop=loop)
+
+shard.on_ready = lambda _shard: channel.send(Ready(index=0, pid=0, generation=1))
+shard.run(setup)
+channel.close()
+"""
+
+
+def test_shard_serves_http_inside_a_subinterpreter():
+    import httpx
+
+    from shardserve.control import QueueChannel
+    from shardserve.interpreters import load
+    from shardserve.messages import Drain, JsonCodec, Ready
+
+    api = load()
+    to_shard, to_coordinator = api.create_queue(), api.create_queue()
+    ours, theirs = socket.socketpair()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    _, interp, thread, failure = _start(
+        textwrap.dedent(SHARD_SERVES),
+        inbox=to_shard,
+        outbox=to_coordinator,
+        bell_fd=os.dup(theirs.fileno()),
+        listener_fd=os.dup(listener.fileno()),
+    )
+    theirs.close()
+
+    async def coordinator() -> None:
+        ready = asyncio.Event()
+        channel = QueueChannel(
+            to_coordinator,
+            to_shard,
+            ours,
+            JsonCodec(),
+            lambda message: isinstance(message, Ready) and ready.set(),
+            lambda: None,
+            print,
+        )
+        await asyncio.wait_for(ready.wait(), 20)
+        async with httpx.AsyncClient() as client:
+            for _ in range(20):
+                response = await client.get(f"http://127.0.0.1:{port}/", timeout=5)
+                assert response.status_code == 200
+                assert response.text == "Hello, world!"
+        channel.send(Drain(close_idle=True))
+        channel.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(coordinator(), 40))
+    finally:
+        thread.join(15)
+    assert not thread.is_alive(), "the shard did not stop when drained"
+    assert not failure, failure
+    interp.close()
+    listener.close()
+
+
+def test_reason_names_the_requirement_when_unavailable():
+    # Runs only where the API exists: the check must then say nothing.
+    assert unavailable_reason() is None
+    assert sys.version_info >= (3, 13)
