@@ -23,6 +23,7 @@ LOOPS = ("auto", "uvloop", "asyncio")
 LIFESPAN_MODES = ("auto", "on", "off")
 WS = ("auto", "websockets", "none")
 STEERING = ("hash", "cpu")
+SHARD_MODES = ("process", "subinterpreter")
 
 
 def option(
@@ -242,6 +243,14 @@ class Config:
             metavar="N|auto",
         ),
     )
+    shard_mode: str = field(
+        default="process",
+        metadata=option(
+            "Run shards as processes, or as own-GIL subinterpreters of one process "
+            "(Python 3.13+; stdlib asyncio and the pure-Python parser).",
+            choices=SHARD_MODES,
+        ),
+    )
     cpus: str | None = field(
         default=None,
         metadata=option("CPUs to place shards on, e.g. '0-3,8' (default: the usable CPUs)."),
@@ -304,6 +313,18 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
                 raise ConfigError(f"{flag} {value}: expected a finite number")
+        if self.shard_mode == "subinterpreter":
+            for flag, value, native in (
+                ("--loop", self.loop, "uvloop"),
+                ("--http", self.http, "httptools"),
+            ):
+                if value == native:
+                    raise ConfigError(
+                        f"{flag} {value} cannot load in a subinterpreter shard: "
+                        f"leave {flag} at auto, or use --shard-mode process"
+                    )
+            if not isinstance(self.app, str):
+                raise ConfigError("--shard-mode subinterpreter needs the app as an import string")
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():

@@ -286,11 +286,8 @@ class QueueChannel(_End):
         """Queue a message (and file descriptors) for the peer; never blocks."""
         if self.closed:
             return
-        self.outbox.put_nowait((self.codec.encode(message), tuple(fds or ())))
         try:
-            self.bell.send(b"\0")
-        except (BlockingIOError, InterruptedError):
-            pass  # the bell is already ringing: the peer will look at the queue
+            post(self.outbox, self.bell, self.codec.encode(message), fds)
         except OSError:
             self._lost()
 
@@ -305,6 +302,16 @@ class QueueChannel(_End):
         self._stop_reading()
         self._close_fds()
         self.bell.close()
+
+
+def post(outbox: Any, bell: socket.socket, payload: bytes, fds: list[int] | None = None) -> None:
+    """Put one encoded message in ``outbox`` and ring; needs no event loop (a shard's
+    last words are posted after its loop is gone)."""
+    outbox.put_nowait((payload, tuple(fds or ())))
+    try:
+        bell.send(b"\0")
+    except (BlockingIOError, InterruptedError):
+        pass  # the bell is already ringing: the peer will look at the queue
 
 
 # Blocking helpers, for the moments a process has no event loop ---------------------------

@@ -496,3 +496,13 @@ def test_help_lists_uvicorn_flags():
         assert flag in result.stdout
     for flag in ["--forwarded-allow-ips", "--timeout-graceful-shutdown", "--ssl-keyfile"]:
         assert flag in result.stdout
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="this Python may have subinterpreters")
+def test_subinterpreter_mode_on_an_older_python_is_one_line(serve):
+    server = serve(
+        "apps.echo:hello", "--shard-mode", "subinterpreter", "--shards", "2", ready=False
+    )
+    assert server.wait_exit(15) != 0
+    line = only_line(server)
+    assert "Python 3.13" in line and "interpreters-pep-734" in line, line

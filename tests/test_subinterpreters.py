@@ -219,3 +219,117 @@ def test_reason_names_the_requirement_when_unavailable():
     # Runs only where the API exists: the check must then say nothing.
     assert unavailable_reason() is None
     assert sys.version_info >= (3, 13)
+
+
+# Through the CLI: the coordinator runs subinterpreter shards -----------------------------
+
+APP = "apps.subinterp:app"
+
+
+def _whoami(server, client) -> int:
+    response = client.get(server.url + "/", timeout=5)
+    assert response.status_code == 200
+    return response.json()["interpreter"]
+
+
+def test_subinterpreter_shards_serve_a_starlette_app_in_one_process(serve):
+    import httpx
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    coordinator = int(server.wait_for(r"coordinator pid (\d+)", 1).group(1))
+    for index in (0, 1):
+        line = server.wait_for(rf"Started shard {index} \[(\d+)\] \(http: (\w+), loop: (\w+)\)", 1)
+        assert (int(line.group(1)), line.group(2), line.group(3)) == (
+            coordinator,
+            "python",
+            "asyncio",
+        )
+    seen = set()
+    for _ in range(200):
+        with httpx.Client() as fresh:  # a new connection: either shard may take it
+            seen.add(_whoami(server, fresh))
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen  # two interpreters answered, in one process
+    assert server.stop() == 0
+    assert server.output.count("Finished shard") == 2
+
+
+def test_a_crashed_subinterpreter_shard_is_restarted(serve):
+    import httpx
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "1")
+    with httpx.Client() as client:
+        before = _whoami(server, client)
+        try:
+            client.get(server.url + "/crash", timeout=5)
+        except httpx.HTTPError:
+            pass  # the shard may be gone before its answer is out
+    server.wait_for(r"shard 0 \[subinterpreter\] exited unexpectedly \(.*crash requested", 10)
+    deadline = time.monotonic() + 10
+    after = None
+    while time.monotonic() < deadline:
+        try:
+            with httpx.Client() as client:
+                after = _whoami(server, client)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    assert after is not None and after != before
+    assert server.proc.poll() is None
+
+
+def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
+    import signal
+
+    import httpx
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    failures: list[str] = []
+    answered: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with httpx.Client() as client:  # a new connection each time
+                    answered.append((time.monotonic(), _whoami(server, client)))
+            except Exception as exc:  # noqa: BLE001 - counted
+                failures.append(repr(exc))
+
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.0)
+        before = {who for _, who in answered}
+        server.signal(signal.SIGHUP)
+        server.wait_for(r"Rolling restart complete\.", 20)
+        restarted = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+    assert not failures, failures[:5]
+    after = {who for when, who in answered if when > restarted + 0.2}
+    assert after and not after & before, (before, after)
+
+
+def test_preflight_names_the_module_that_refuses(serve):
+    server = serve(
+        "apps.needs_msgspec:app", "--shard-mode", "subinterpreter", "--shards", "2", ready=False
+    )
+    assert server.wait_exit(30) != 0
+    lines = [line for line in server.lines if line.strip()]
+    assert len(lines) == 1, lines
+    assert "msgspec" in lines[0] and "--shard-mode process" in lines[0], lines[0]
+
+
+def test_uvloop_is_refused_for_subinterpreter_shards(serve):
+    server = serve(
+        APP, "--shard-mode", "subinterpreter", "--loop", "uvloop", ready=False, port=False
+    )
+    assert server.wait_exit(15) != 0
+    assert "--loop uvloop cannot load in a subinterpreter shard" in server.output

@@ -32,7 +32,12 @@ class Coordinator:
 
             _check_tls(config, create_ssl_context)
         placement, reason = resolve_placement(config, self.placement)
-        if self.placement is None and config.shards == 1 and not config.pin:
+        if (
+            self.placement is None
+            and config.shards == 1
+            and not config.pin
+            and config.shard_mode == "process"
+        ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor
 

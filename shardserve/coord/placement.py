@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config
+from ..config import SHARD_MODES, Config
 from ..errors import ConfigError
 
 SYS = Path("/sys")
@@ -197,8 +197,8 @@ def resolve_placement(config: Config, given: Placement | None = None) -> tuple[P
     usable = usable_cpus()
     if given is not None:
         for spec in given.shards:
-            if spec.mode != "process":
-                raise ConfigError(f"shard {spec.index}: mode {spec.mode!r} is not available")
+            if spec.mode not in SHARD_MODES:
+                raise ConfigError(f"shard {spec.index}: unknown mode {spec.mode!r}")
             _check_usable(spec.cpus or (), usable, f"shard {spec.index}'s CPUs")
         placement, reason = given, "placement given"
     else:
@@ -214,10 +214,15 @@ def resolve_placement(config: Config, given: Placement | None = None) -> tuple[P
         if config.pin:
             if count > len(cpus):
                 raise ConfigError(f"--pin: {count} shards but only {len(cpus)} CPUs to pin them to")
-            specs = [ShardSpec(i, (cpus[i],)) for i in range(count)]
+            specs = [ShardSpec(i, (cpus[i],), config.shard_mode) for i in range(count)]
         else:
-            specs = [ShardSpec(i, tuple(cpus) if config.cpus else None) for i in range(count)]
+            spread = tuple(cpus) if config.cpus else None
+            specs = [ShardSpec(i, spread, config.shard_mode) for i in range(count)]
         placement = Placement(specs, pinned=config.pin)
+    if any(spec.mode == "subinterpreter" for spec in placement.shards):
+        from ..interpreters import require
+
+        require()  # or the one line saying what this Python lacks
     if config.reuseport_steering == "cpu":
         if config.uds is not None or config.fd is not None:
             raise ConfigError("--reuseport-steering cpu needs TCP listeners, not --uds or --fd")

@@ -25,7 +25,7 @@ import time
 from collections import deque
 
 from ..config import Config
-from ..control import Channel
+from ..control import Channel, QueueChannel
 from ..errors import StartupError
 from ..messages import (
     Adopt,
@@ -99,6 +99,25 @@ class ShardProcess:
         return f"shard {self.index} [{self.pid}]"
 
 
+class ShardInterpreter(ShardProcess):
+    """One generation of a subinterpreter shard: a thread of this process."""
+
+    def __init__(self, slot: Slot, generation: int) -> None:
+        super().__init__(slot, generation)
+        self.pid = os.getpid()
+        self.handle = None  # coord.subinterpreters.InterpreterShard
+
+    def kill(self, reason: str) -> None:
+        # A thread cannot be killed: ask its loop to stop at once.  One that is stuck
+        # stays stuck (and is logged as such by whoever waits for it).
+        if not self.reaped:
+            self.kill_reason = reason
+            self.send(Stop())
+
+    def describe(self) -> str:
+        return f"shard {self.index} [subinterpreter]"
+
+
 @dataclasses.dataclass
 class Slot:
     """A shard's place: its index, its listeners and CPUs, and its current process."""
@@ -106,6 +125,7 @@ class Slot:
     index: int
     listeners: list[socket.socket]
     cpus: tuple[int, ...] | None
+    mode: str = "process"
     generation: int = 0
     current: ShardProcess | None = None
     failures: int = 0
@@ -144,7 +164,13 @@ class Supervisor:
         _become_child_subreaper()
         self._bind()
         try:
-            await self._start_template()
+            if any(slot.mode == "subinterpreter" for slot in self.slots):
+                from .subinterpreters import preflight
+
+                config = self.config
+                preflight(config.app, config.factory, config.app_dir)
+            if any(slot.mode == "process" for slot in self.slots):
+                await self._start_template()  # before any interpreter: see BRIEF
             self._install_signal_handlers()
             await self._start_all()
             if not self.stopping:
@@ -170,7 +196,7 @@ class Supervisor:
             attach_cpu_steering(self.sockets[0])
         for spec in self.placement.shards:
             listeners = [self.sockets[0]] if shared else [self.sockets[spec.index]]
-            self.slots.append(Slot(spec.index, listeners, spec.cpus))
+            self.slots.append(Slot(spec.index, listeners, spec.cpus, spec.mode))
         self.where = describe(self.sockets[0], config.is_ssl)
 
     async def _start_all(self) -> None:
@@ -240,8 +266,71 @@ class Supervisor:
 
     # Spawning --------------------------------------------------------------------------
 
+    def _configure(self, slot: Slot, proc: ShardProcess) -> Configure:
+        config = self.config
+        max_requests = config.limit_max_requests
+        if max_requests is not None and config.limit_max_requests_jitter:
+            max_requests += random.randint(0, config.limit_max_requests_jitter)
+        return Configure(
+            index=slot.index,
+            generation=proc.generation,
+            config=self.config_dict,
+            cpus=list(slot.cpus) if slot.cpus else None,
+            max_requests=max_requests,
+        )
+
+    def _could_not_start(self, proc: ShardProcess, error: str) -> ShardProcess:
+        proc.fatal = Fatal(proc.index, proc.generation, error, True)
+        proc.exited.set_result(1)
+        proc.ready.set_result(False)
+        return proc
+
+    def _spawn_interpreter(self, slot: Slot) -> ShardProcess:
+        from .subinterpreters import start_interpreter_shard
+
+        proc = ShardInterpreter(slot, slot.generation)
+        loop = asyncio.get_running_loop()
+
+        def on_end(code: int, error: str | None) -> None:
+            loop.call_soon_threadsafe(self._interpreter_ended, proc, code, error)
+
+        try:
+            proc.handle, to_shard, to_us, bell = start_interpreter_shard(
+                self.codec.encode(self._configure(slot, proc)),
+                slot.listeners,
+                on_end,
+                f"shardserve-{slot.index}",
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as this shard's failure
+            return self._could_not_start(proc, f"could not start a subinterpreter: {exc}")
+        proc.channel = QueueChannel(
+            to_us,
+            to_shard,
+            bell,
+            self.codec,
+            lambda message: self._on_message(proc, message),
+            lambda: None,
+            lambda exc: self._on_bad_message(proc, exc),
+        )
+        return proc
+
+    def _interpreter_ended(self, proc: ShardInterpreter, code: int, error: str | None) -> None:
+        proc.reaped = True
+        if proc.channel is not None:
+            proc.channel.read_remaining()  # its last words: final Stats, or Fatal
+            proc.channel.close()
+        if proc.handle is not None:
+            proc.handle.close()
+        if error is not None and proc.fatal is None:
+            proc.fatal = Fatal(proc.index, proc.generation, error, proc.ready_at is None)
+        if proc.fatal is not None:
+            code = code or proc.fatal.exit_code
+        self._ended(proc, code)
+
     async def _spawn(self, slot: Slot) -> ShardProcess:
         slot.generation += 1
+        if slot.mode == "subinterpreter":
+            return self._spawn_interpreter(slot)
         proc = ShardProcess(slot, slot.generation)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -254,18 +343,12 @@ class Supervisor:
             spawned = await asyncio.wait_for(waiter, 30)
         except (TimeoutError, OSError) as exc:
             ours.close()
-            proc.fatal = Fatal(slot.index, proc.generation, f"could not fork: {exc}", True)
-            proc.exited.set_result(1)
-            proc.ready.set_result(False)
-            return proc
+            return self._could_not_start(proc, f"could not fork: {exc}")
         finally:
             theirs.close()
         if spawned.pid <= 0:
             ours.close()
-            proc.fatal = Fatal(slot.index, proc.generation, "the template could not fork", True)
-            proc.exited.set_result(1)
-            proc.ready.set_result(False)
-            return proc
+            return self._could_not_start(proc, "the template could not fork")
         proc.pid = spawned.pid
         self._watch_exit(proc)
         proc.channel = Channel(
@@ -275,19 +358,7 @@ class Supervisor:
             lambda: None,
             lambda exc: self._on_bad_message(proc, exc),
         )
-        config = self.config
-        max_requests = config.limit_max_requests
-        if max_requests is not None and config.limit_max_requests_jitter:
-            max_requests += random.randint(0, config.limit_max_requests_jitter)
-        proc.send(
-            Configure(
-                index=slot.index,
-                generation=proc.generation,
-                config=self.config_dict,
-                cpus=list(slot.cpus) if slot.cpus else None,
-                max_requests=max_requests,
-            )
-        )
+        proc.send(self._configure(slot, proc))
         return proc
 
     def _watch_exit(self, proc: ShardProcess) -> None:
@@ -311,6 +382,9 @@ class Supervisor:
         if proc.channel is not None:
             proc.channel.read_remaining()  # its last words: final Stats, or Fatal
             proc.channel.close()
+        self._ended(proc, code)
+
+    def _ended(self, proc: ShardProcess, code: int) -> None:
         proc.state = "exited"
         if proc.stats is not None:
             self.totals["requests"] += proc.stats.requests
@@ -454,6 +528,12 @@ class Supervisor:
         except TimeoutError:
             logger.warning("%s did not stop in time; killing it.", proc.describe())
             proc.kill("did not drain in time")
+            if isinstance(proc, ShardInterpreter):
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.exited), EXIT_MARGIN)
+                except TimeoutError:
+                    logger.error("%s is stuck and cannot be killed; leaving it.", proc.describe())
+                return
             await proc.exited
 
     async def _watchdog(self) -> None:
@@ -512,7 +592,7 @@ class Supervisor:
         else:
             listeners = [add_listener(self.sockets[0], self.config.backlog)]
             self.sockets.append(listeners[0])
-        slot = Slot(index, listeners, cpus)
+        slot = Slot(index, listeners, cpus, self.config.shard_mode)
         self.slots.append(slot)
         proc = await self._spawn(slot)
         slot.current = proc

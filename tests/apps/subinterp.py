@@ -1,0 +1,35 @@
+"""A Starlette app for subinterpreter shards (no FastAPI: pydantic_core cannot load in
+one).  It says which interpreter answered, and can be made to crash its shard."""
+
+import asyncio
+import threading
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+def _interpreter_id() -> int:
+    try:
+        from concurrent import interpreters
+    except ImportError:
+        from interpreters_backport import interpreters
+    return int(interpreters.get_current().id)
+
+
+async def whoami(request):
+    return JSONResponse({"interpreter": _interpreter_id(), "thread": threading.get_ident()})
+
+
+def _escape() -> None:
+    raise SystemExit("crash requested")
+
+
+async def crash(request):
+    # A loop callback that raises SystemExit escapes the shard's event loop (an app's
+    # own exception would only be a 500).
+    asyncio.get_running_loop().call_soon(_escape)
+    return JSONResponse({"crashing": True})
+
+
+app = Starlette(routes=[Route("/", whoami), Route("/crash", crash)])
