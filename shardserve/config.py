@@ -314,17 +314,7 @@ class Config:
                 flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
                 raise ConfigError(f"{flag} {value}: expected a finite number")
         if self.shard_mode == "subinterpreter":
-            for flag, value, native in (
-                ("--loop", self.loop, "uvloop"),
-                ("--http", self.http, "httptools"),
-            ):
-                if value == native:
-                    raise ConfigError(
-                        f"{flag} {value} cannot load in a subinterpreter shard: "
-                        f"leave {flag} at auto, or use --shard-mode process"
-                    )
-            if not isinstance(self.app, str):
-                raise ConfigError("--shard-mode subinterpreter needs the app as an import string")
+            self.check_subinterpreter_settings()
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():
@@ -335,6 +325,20 @@ class Config:
             parse_trusted(self.trusted_proxies)
         except ValueError as exc:
             raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+
+    def check_subinterpreter_settings(self) -> None:
+        """What a subinterpreter shard cannot honour (C extensions refuse to load there)."""
+        for flag, value, native in (
+            ("--loop", self.loop, "uvloop"),
+            ("--http", self.http, "httptools"),
+        ):
+            if value == native:
+                raise ConfigError(
+                    f"{flag} {value} cannot load in a subinterpreter shard: "
+                    f"leave {flag} at auto, or use --shard-mode process"
+                )
+        if not isinstance(self.app, str):
+            raise ConfigError("subinterpreter shards need the app as an import string")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

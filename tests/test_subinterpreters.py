@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -333,3 +334,76 @@ def test_uvloop_is_refused_for_subinterpreter_shards(serve):
     )
     assert server.wait_exit(15) != 0
     assert "--loop uvloop cannot load in a subinterpreter shard" in server.output
+
+
+def test_a_placement_can_mix_process_and_subinterpreter_shards(tmp_path):
+    """The library API: shard 0 a process, shard 1 a subinterpreter of the coordinator."""
+    import signal
+    import subprocess
+
+    import httpx
+
+    from serving import ROOT, TESTS
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = textwrap.dedent(f"""
+        import shardserve
+        from shardserve import Placement, ShardSpec
+        placement = Placement([ShardSpec(0), ShardSpec(1, mode="subinterpreter")])
+        raise SystemExit(shardserve.run("apps.subinterp:app", port={port}, placement=placement))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen: dict[int, int] = {}  # interpreter id -> pid
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            try:
+                with httpx.Client() as client:
+                    answer = client.get(f"http://127.0.0.1:{port}/", timeout=5).json()
+                seen[answer["interpreter"]] = answer["pid"]
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert len(seen) == 2, seen
+        assert seen.pop(0) != proc.pid  # the main interpreter of a child process
+        assert list(seen.values()) == [proc.pid]  # a subinterpreter of the coordinator
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 0, output
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_pin_pins_each_subinterpreter_shards_thread(serve):
+    import httpx
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    server = serve(
+        APP, "--shard-mode", "subinterpreter", "--shards", "2", "--pin",
+        "--cpus", ",".join(map(str, cpus)),
+    )  # fmt: skip
+    threads: dict[int, int] = {}
+    for _ in range(200):
+        with httpx.Client() as client:
+            answer = client.get(server.url + "/", timeout=5).json()
+        threads[answer["interpreter"]] = answer["thread"]
+        if len(threads) == 2:
+            break
+    assert len(threads) == 2, threads
+    pinned = set()
+    for tid in threads.values():
+        status = Path(f"/proc/{server.pid}/task/{tid}/status").read_text()
+        pinned.add(status.split("Cpus_allowed_list:")[1].split()[0])
+    assert pinned == {str(cpu) for cpu in cpus}, pinned
+    # The coordinator's own thread is not pinned.
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    assert status.split("Cpus_allowed_list:")[1].split()[0] not in pinned

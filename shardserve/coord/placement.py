@@ -223,6 +223,7 @@ def resolve_placement(config: Config, given: Placement | None = None) -> tuple[P
         from ..interpreters import require
 
         require()  # or the one line saying what this Python lacks
+        config.check_subinterpreter_settings()
     if config.reuseport_steering == "cpu":
         if config.uds is not None or config.fd is not None:
             raise ConfigError("--reuseport-steering cpu needs TCP listeners, not --uds or --fd")

@@ -2,6 +2,7 @@
 one).  It says which interpreter answered, and can be made to crash its shard."""
 
 import asyncio
+import os
 import threading
 
 from starlette.applications import Starlette
@@ -18,7 +19,13 @@ def _interpreter_id() -> int:
 
 
 async def whoami(request):
-    return JSONResponse({"interpreter": _interpreter_id(), "thread": threading.get_ident()})
+    return JSONResponse(
+        {
+            "interpreter": _interpreter_id(),
+            "pid": os.getpid(),
+            "thread": threading.get_native_id(),
+        }
+    )
 
 
 def _escape() -> None:
