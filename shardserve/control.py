@@ -227,7 +227,7 @@ class QueueChannel(_End):
     that wakes the reader's event loop (``loop.add_reader``), so nobody polls.
 
     Same interface and message handling as ``Channel``.  File descriptors travel as
-    numbers next to the payload; the sender gives them up (the receiver owns them).
+    numbers next to the payload: dups of the sender's, which the receiver owns.
     """
 
     def __init__(
@@ -287,7 +287,10 @@ class QueueChannel(_End):
         if self.closed:
             return
         try:
-            post(self.outbox, self.bell, self.codec.encode(message), fds)
+            # Dups, as SCM_RIGHTS would make: the receiver owns what it gets.
+            post(
+                self.outbox, self.bell, self.codec.encode(message), [os.dup(fd) for fd in fds or ()]
+            )
         except OSError:
             self._lost()
 

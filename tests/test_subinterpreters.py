@@ -121,7 +121,7 @@ def test_queue_channel_between_interpreters():
         channel.send(Drain(close_idle=True))
         stats = await next_message()
         assert isinstance(stats, Stats) and stats.requests == 7
-        channel.send(Adopt(listener=1), fds=[os.dup(listener.fileno())])
+        channel.send(Adopt(listener=1), fds=[listener.fileno()])
         stats = await next_message()
         assert stats.requests == port  # the shard's end used the fd it was given
         channel.send(Stop())
@@ -407,3 +407,29 @@ def test_pin_pins_each_subinterpreter_shards_thread(serve):
     # The coordinator's own thread is not pinned.
     status = Path(f"/proc/{server.pid}/status").read_text()
     assert status.split("Cpus_allowed_list:")[1].split()[0] not in pinned
+
+
+def test_removing_and_adding_subinterpreter_shards(serve):
+    """SIGTTOU: the removed shard's listener travels to another interpreter (Adopt,
+    its fd through the queue) and every connection is still answered; SIGTTIN adds one."""
+    import signal
+
+    import httpx
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    server.signal(signal.SIGTTOU)
+    server.wait_for(r"Removing shard 1; 1 shards now\.", 5)
+    server.wait_for(r"Finished shard 1", 10)
+    answered = set()
+    for _ in range(60):  # new connections land on both listeners (reuseport hash)
+        with httpx.Client() as client:
+            answered.add(_whoami(server, client))
+    assert len(answered) == 1, answered
+    server.signal(signal.SIGTTIN)
+    server.wait_for(r"Added shard 1; 2 shards now\.", 10)
+    for _ in range(200):
+        with httpx.Client() as client:
+            answered.add(_whoami(server, client))
+        if len(answered) == 2:
+            break
+    assert len(answered) == 2, answered
