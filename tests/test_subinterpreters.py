@@ -433,3 +433,17 @@ def test_removing_and_adding_subinterpreter_shards(serve):
         if len(answered) == 2:
             break
     assert len(answered) == 2, answered
+
+
+def test_websockets_in_subinterpreter_shards(serve):
+    """websockets' sans-I/O protocol (its pure-Python fallback) inside an interpreter."""
+    from websockets.sync.client import connect
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    url = server.url.replace("http://", "ws://") + "/ws"
+    with connect(url, open_timeout=5, close_timeout=5) as websocket:
+        for text in ("hello", "x" * 70000, "bye"):
+            websocket.send(text)
+            interpreter, _, echoed = websocket.recv(timeout=5).partition(":")
+            assert echoed == text
+            assert int(interpreter) > 0  # not the main interpreter

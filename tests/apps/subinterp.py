@@ -7,7 +7,7 @@ import threading
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 
 def _interpreter_id() -> int:
@@ -39,4 +39,10 @@ async def crash(request):
     return JSONResponse({"crashing": True})
 
 
-app = Starlette(routes=[Route("/", whoami), Route("/crash", crash)])
+async def echo(websocket):
+    await websocket.accept()
+    async for text in websocket.iter_text():
+        await websocket.send_text(f"{_interpreter_id()}:{text}")
+
+
+app = Starlette(routes=[Route("/", whoami), Route("/crash", crash), WebSocketRoute("/ws", echo)])
