@@ -55,7 +55,8 @@ def load() -> SimpleNamespace:
         create=interpreters.create,
         create_queue=interpreters.create_queue,
         ExecutionFailed=interpreters.ExecutionFailed,
-        QueueEmpty=interpreters.QueueEmpty,
+        QueueEmpty=getattr(interpreters, "QueueEmpty", None)
+        or getattr(interpreters, "QueueEmptyError", Exception),
         queues_module="concurrent.interpreters",
     )
 
