@@ -447,3 +447,18 @@ def test_websockets_in_subinterpreter_shards(serve):
             interpreter, _, echoed = websocket.recv(timeout=5).partition(":")
             assert echoed == text
             assert int(interpreter) > 0  # not the main interpreter
+
+
+def test_heartbeats_flow_from_subinterpreter_shards(serve):
+    """With a 2 s heartbeat timeout (beats come once a second), shards that beat
+    through the queue stay in place; without beats they would be replaced."""
+    import httpx
+
+    server = serve(
+        APP, "--shard-mode", "subinterpreter", "--shards", "1", "--timeout-shard-heartbeat", "2"
+    )
+    with httpx.Client() as client:
+        first = _whoami(server, client)
+        time.sleep(5)
+        assert _whoami(server, client) == first
+    assert "heartbeat" not in server.output, server.output
