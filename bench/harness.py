@@ -7,6 +7,7 @@ others; the figure to trust is the server's CPU time per request.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -55,6 +56,18 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def load_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every side-by-side load benchmark takes: where the server and the
+    load generator run, and how long and how often to measure."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--server-cpus", default="1", help="CPUs the server is pinned to")
+    parser.add_argument("--load-cpus", default="0", help="CPUs wrk is pinned to")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=64)
+    return parser
 
 
 # Servers -----------------------------------------------------------------------------

@@ -12,14 +12,13 @@ the parser's cost from the event loop's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Measurement, Server, free_port, measure, summarize  # noqa: E402
+from bench.harness import Measurement, Server, free_port, load_parser, measure, summarize  # noqa: E402
 
 CONFIGURATIONS = {
     "httptools+uvloop": ["--http", "httptools", "--loop", "uvloop"],
@@ -45,12 +44,7 @@ BROWSER_HEADERS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server-cpus", default="1")
-    parser.add_argument("--load-cpus", default="0")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=64)
+    parser = load_parser(__doc__)
     parser.add_argument("--only", action="append", choices=list(CONFIGURATIONS))
     parser.add_argument("--browser-headers", action="store_true")
     parser.add_argument("--json", help="also write the raw measurements here")

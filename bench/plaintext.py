@@ -9,7 +9,6 @@ CPU microseconds per request (the issue's target: shardserve <= 0.5x uvicorn).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from bench.harness import (  # noqa: E402
     Measurement,
     Server,
     free_port,
+    load_parser,
     measure,
     peer_python,
     summarize,
@@ -45,12 +45,7 @@ def servers(extra: list[str], access_log: bool) -> list[Server]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server-cpus", default="1")
-    parser.add_argument("--load-cpus", default="0")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=64)
+    parser = load_parser(__doc__)
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument(
         "--shardserve-arg", action="append", default=[], help="extra shardserve flag (repeat)"

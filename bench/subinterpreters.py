@@ -15,7 +15,6 @@ comparison is the hosting alone:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from bench.harness import (  # noqa: E402
     Measurement,
     Server,
     free_port,
+    load_parser,
     measure,
     process_tree,
     stop,
@@ -99,12 +99,7 @@ def time_to_first_response(mode: str, shards: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server-cpus", default="1")
-    parser.add_argument("--load-cpus", default="0")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=64)
+    parser = load_parser(__doc__)
     parser.add_argument("--starts", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
