@@ -243,6 +243,14 @@ class Config:
             metavar="N|auto",
         ),
     )
+    metrics: str | None = field(
+        default=None,
+        metadata=option(
+            "Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) "
+            "from the coordinator on HOST:PORT.",
+            metavar="HOST:PORT",
+        ),
+    )
     shard_mode: str = field(
         default="process",
         metadata=option(
@@ -315,6 +323,10 @@ class Config:
                 raise ConfigError(f"{flag} {value}: expected a finite number")
         if self.shard_mode == "subinterpreter":
             self.check_subinterpreter_settings()
+        if self.metrics is not None:
+            from .coord.metrics import parse_address
+
+            parse_address(self.metrics)
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():

@@ -37,6 +37,7 @@ class Coordinator:
             and config.shards == 1
             and not config.pin
             and config.shard_mode == "process"
+            and config.metrics is None  # the coordinator's view needs a supervisor
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor

@@ -43,8 +43,10 @@ from ..messages import (
     Stop,
 )
 from .listeners import add_listener, bind_listeners, describe
+from .metrics import MetricsCollector, MetricsServer
 from .placement import Placement
 from .signals import StopSignals
+from .stats import StatsBook
 from .steering import attach_cpu_steering
 
 logger = logging.getLogger("shardserve.error")
@@ -152,6 +154,8 @@ class Supervisor:
         self.failure_code = 1
         self.rolling = False
         self.totals = {"requests": 0, "restarts": 0}
+        self.book = StatsBook()
+        self.metrics: MetricsServer | None = None
         self.config_dict = dataclasses.asdict(config)
 
     # Running -----------------------------------------------------------------------------
@@ -172,6 +176,14 @@ class Supervisor:
             if any(slot.mode == "process" for slot in self.slots):
                 await self._start_template()  # before any interpreter: see BRIEF
             self._install_signal_handlers()
+            if self.config.metrics is not None:
+                self.metrics = MetricsServer(
+                    self.config.metrics,
+                    MetricsCollector(self.book, lambda: len(self.slots)),
+                    healthy=self._all_ready,
+                    ready=lambda: self.running and not self.stopping,
+                )
+                await self.metrics.start()
             await self._start_all()
             if not self.stopping:
                 self.running = True
@@ -180,6 +192,8 @@ class Supervisor:
                 watchdog.cancel()
             await self._shutdown()
         finally:
+            if self.metrics is not None:
+                await self.metrics.close()
             self._close()
         if self.failure is not None:
             error = ShardFailed(self.failure)
@@ -223,6 +237,12 @@ class Supervisor:
             task.cancel()
         if not self.stopping:
             logger.info("shardserve running on %s (Press CTRL+C to quit)", self.where)
+
+    def _all_ready(self) -> bool:
+        """For /healthz: serving, and every shard's current generation ready."""
+        return self.running and all(
+            slot.current is not None and slot.current.state == "ready" for slot in self.slots
+        )
 
     def _fail(self, message: str, proc: ShardProcess | None = None) -> None:
         """Stop the whole server, reporting ``message`` as its one-line error."""
@@ -386,6 +406,7 @@ class Supervisor:
 
     def _ended(self, proc: ShardProcess, code: int) -> None:
         proc.state = "exited"
+        self.book.ended(proc.index, proc.generation, proc.stats)
         if proc.stats is not None:
             self.totals["requests"] += proc.stats.requests
         if not proc.ready.done():
@@ -409,6 +430,7 @@ class Supervisor:
         elif isinstance(message, Stats):
             proc.stats = message
             proc.last_beat = now
+            self.book.record(message)
         elif isinstance(message, Ready):
             if message.pid != proc.pid:
                 self._on_bad_message(proc, MessageError(f"ready from pid {message.pid}"))
@@ -442,6 +464,7 @@ class Supervisor:
             return  # start-up: _start_all reports it
         cause = proc.kill_reason or _error_of(proc, code)
         logger.warning("%s exited unexpectedly (%s); restarting it.", proc.describe(), cause)
+        self.book.restarts[_cause_label(proc)] += 1
         if proc.ready_at is not None and time.monotonic() - proc.ready_at >= STABLE_SECONDS:
             slot.failures = 0
         slot.failures += 1
@@ -559,6 +582,7 @@ class Supervisor:
             logger.info("A rolling restart is already under way.")
             return
         self.rolling = True
+        self.book.reloads += 1
         logger.info("Rolling restart of %d shards.", len(self.slots))
         try:
             for slot in list(self.slots):
@@ -679,6 +703,21 @@ class Supervisor:
         if not self.running or self.stopping:
             return
         asyncio.ensure_future(action())
+
+
+def _cause_label(proc: ShardProcess) -> str:
+    """A small, fixed set of causes, fit for a metric label."""
+    reason = proc.kill_reason
+    if reason.startswith("no heartbeat"):
+        return "heartbeat"
+    if reason == "malformed control message":
+        return "protocol"
+    if reason:
+        return "killed"
+    if proc.fatal is not None:
+        return "error"
+    code = proc.exited.result() if proc.exited.done() else None
+    return "signal" if code is not None and code < 0 else "exit"
 
 
 async def _first(*futures: asyncio.Future) -> bool:
