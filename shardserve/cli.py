@@ -116,6 +116,11 @@ click.version_option(__version__, "--version", prog_name="shardserve")(command)
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("status", "reload", "stop"):  # an APP always has a ':'
+        from .control_client import main as control_main
+
+        sys.exit(control_main(args))
     try:
         code = command.main(args=argv, prog_name="shardserve", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2

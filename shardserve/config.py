@@ -251,6 +251,14 @@ class Config:
             metavar="HOST:PORT",
         ),
     )
+    control_socket: str | None = field(
+        default=None,
+        metadata=option(
+            "Unix socket for `shardserve status`, `reload` and `stop` (mode 0600; default: "
+            "$XDG_RUNTIME_DIR/shardserve/<pid>.sock whenever shards are supervised).",
+            metavar="PATH",
+        ),
+    )
     shard_mode: str = field(
         default="process",
         metadata=option(

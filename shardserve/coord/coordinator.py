@@ -38,6 +38,7 @@ class Coordinator:
             and not config.pin
             and config.shard_mode == "process"
             and config.metrics is None  # the coordinator's view needs a supervisor
+            and config.control_socket is None
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor

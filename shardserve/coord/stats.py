@@ -7,13 +7,15 @@ monotonic across restarts, as Prometheus counters must.
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from collections import Counter, deque
 
 from ..messages import Stats
 
 # Stats fields that only grow within a generation (counters); the rest are gauges.
 COUNTERS = ("requests", "connections", "rejected", "app_errors", "timeouts")
 GAUGES = ("open_connections", "active_requests")
+RATE_WINDOW = 10.0  # seconds, for `shardserve status`
 
 
 class StatsBook:
@@ -23,10 +25,25 @@ class StatsBook:
         self.live: dict[tuple[int, int], Stats] = {}
         self.carried: dict[int, Counter[str]] = {}  # shard index -> ended generations' counts
         self.restarts: Counter[str] = Counter()  # cause -> unexpected shard exits
+        self.restarts_of: Counter[int] = Counter()  # shard index -> unexpected exits
         self.reloads = 0
+        # shard index -> (when, its requests so far), for rates over the last seconds
+        self.history: dict[int, deque[tuple[float, int]]] = {}
 
-    def record(self, stats: Stats) -> None:
+    def record(self, stats: Stats, now: float | None = None) -> None:
         self.live[(stats.index, stats.generation)] = stats
+        now = time.monotonic() if now is None else now
+        history = self.history.setdefault(stats.index, deque())
+        history.append((now, self.shard(stats.index)["requests"]))
+        while history and now - history[0][0] > RATE_WINDOW + 1:
+            history.popleft()
+
+    def rate(self, index: int, now: float) -> float:
+        """Requests per second of one shard over the last RATE_WINDOW seconds."""
+        points = [p for p in self.history.get(index, ()) if now - p[0] <= RATE_WINDOW + 0.5]
+        if len(points) < 2 or points[-1][0] <= points[0][0]:
+            return 0.0
+        return round((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]), 1)
 
     def ended(self, index: int, generation: int, last: Stats | None) -> None:
         """A generation ended; ``last`` is the last Stats it sent, if any."""

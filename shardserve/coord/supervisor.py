@@ -26,7 +26,7 @@ from collections import deque
 
 from ..config import Config
 from ..control import Channel, QueueChannel
-from ..errors import StartupError
+from ..errors import ListenError, StartupError
 from ..messages import (
     Adopt,
     Configure,
@@ -42,6 +42,7 @@ from ..messages import (
     Stats,
     Stop,
 )
+from .control_socket import ControlSocket, shard_rows
 from .listeners import add_listener, bind_listeners, describe
 from .metrics import MetricsCollector, MetricsServer
 from .placement import Placement
@@ -156,6 +157,7 @@ class Supervisor:
         self.totals = {"requests": 0, "restarts": 0}
         self.book = StatsBook()
         self.metrics: MetricsServer | None = None
+        self.control: ControlSocket | None = None
         self.config_dict = dataclasses.asdict(config)
 
     # Running -----------------------------------------------------------------------------
@@ -184,6 +186,17 @@ class Supervisor:
                     ready=lambda: self.running and not self.stopping,
                 )
                 await self.metrics.start()
+            self.control = ControlSocket(
+                self.config.control_socket,
+                {"status": self._status, "reload": self._reload, "stop": self._stop},
+            )
+            try:
+                await self.control.start()
+            except OSError as exc:
+                path, self.control = self.control.path, None
+                if self.config.control_socket is not None:
+                    raise ListenError(f"--control-socket {path}: {exc}") from None
+                logger.warning("No control socket (%s): %s", path, exc)
             await self._start_all()
             if not self.stopping:
                 self.running = True
@@ -194,6 +207,8 @@ class Supervisor:
         finally:
             if self.metrics is not None:
                 await self.metrics.close()
+            if self.control is not None:
+                await self.control.close()
             self._close()
         if self.failure is not None:
             error = ShardFailed(self.failure)
@@ -237,6 +252,28 @@ class Supervisor:
             task.cancel()
         if not self.stopping:
             logger.info("shardserve running on %s (Press CTRL+C to quit)", self.where)
+
+    def _status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "where": self.where,
+            "state": "stopping" if self.stopping else "running" if self.running else "starting",
+            "shards": shard_rows(self),
+            "totals": self.book.totals(),
+            "reloads": self.book.reloads,
+            "restarts": dict(self.book.restarts),
+        }
+
+    def _reload(self) -> dict:
+        if not self.running or self.stopping:
+            raise RuntimeError("not running")
+        self._spawn_task(self.rolling_restart)
+        return {"reloading": True}
+
+    def _stop(self) -> dict:
+        logger.info("Shutting down (requested on the control socket)")
+        asyncio.get_running_loop().call_soon(self._begin_stop)
+        return {"stopping": True}
 
     def _all_ready(self) -> bool:
         """For /healthz: serving, and every shard's current generation ready."""
@@ -465,6 +502,7 @@ class Supervisor:
         cause = proc.kill_reason or _error_of(proc, code)
         logger.warning("%s exited unexpectedly (%s); restarting it.", proc.describe(), cause)
         self.book.restarts[_cause_label(proc)] += 1
+        self.book.restarts_of[proc.index] += 1
         if proc.ready_at is not None and time.monotonic() - proc.ready_at >= STABLE_SECONDS:
             slot.failures = 0
         slot.failures += 1

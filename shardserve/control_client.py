@@ -1,0 +1,141 @@
+"""`shardserve status | reload | stop`: talk to a running coordinator's control socket.
+
+    shardserve status [--control-socket PATH] [--json] [--watch [SECONDS]]
+    shardserve reload [--control-socket PATH]
+    shardserve stop [--control-socket PATH]
+
+Without --control-socket, the one live socket under the runtime directory is used
+(coord/control_socket.py says where coordinators create them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+
+from .coord.control_socket import runtime_dir
+
+COMMANDS = ("status", "reload", "stop")
+
+
+class ControlError(Exception):
+    """One line for the user."""
+
+
+def find_socket(path: str | None) -> str:
+    if path:
+        return path
+    directory = runtime_dir()
+    candidates = sorted(directory.glob("*.sock")) if directory.is_dir() else []
+    alive = [str(c) for c in candidates if _alive(str(c))]
+    if not alive:
+        raise ControlError(f"no running shardserve found (no live socket in {directory})")
+    if len(alive) > 1:
+        raise ControlError(
+            "several shardserve servers run; pick one: --control-socket " + " | ".join(alive)
+        )
+    return alive[0]
+
+
+def _alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def request(path: str, command: str) -> dict:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        try:
+            sock.connect(path)
+            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as exc:
+            raise ControlError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError(f"{path}: no answer from the server") from None
+    if "error" in reply:
+        raise ControlError(reply["error"])
+    return reply["result"]
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def render(status: dict) -> str:
+    columns = [
+        ("shard", lambda r: r["index"]),
+        ("pid", lambda r: r["pid"]),
+        ("mode", lambda r: r["mode"]),
+        ("cpus", lambda r: ",".join(map(str, r["cpus"])) if r["cpus"] else None),
+        ("state", lambda r: r["state"]),
+        ("req/s(10s)", lambda r: r["rps_10s"]),
+        ("requests", lambda r: r["requests"]),
+        ("open conns", lambda r: r["open_connections"]),
+        ("restarts", lambda r: r["restarts"]),
+        ("rss MB", lambda r: None if r["rss_kb"] is None else round(r["rss_kb"] / 1024, 1)),
+        ("uptime s", lambda r: r["uptime_s"]),
+    ]
+    rows = [[_cell(get(row)) for _, get in columns] for row in status["shards"]]
+    widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(columns)]
+    lines = [
+        f"shardserve {status['state']} on {status['where']} (coordinator pid {status['pid']}), "
+        f"{status['totals']['requests']} requests, {status['reloads']} reloads",
+        "  ".join(name.rjust(w) for (name, _), w in zip(columns, widths, strict=True)),
+    ]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"shardserve {argv[0]}", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--control-socket", metavar="PATH")
+    if argv[0] == "status":
+        parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+        parser.add_argument(
+            "--watch",
+            nargs="?",
+            type=float,
+            const=2.0,
+            metavar="SECONDS",
+            help="refresh until Ctrl+C",
+        )
+    args = parser.parse_args(argv[1:])
+    try:
+        path = find_socket(args.control_socket)
+        if argv[0] != "status":
+            print(json.dumps(request(path, argv[0])))
+            return 0
+        while True:
+            status = request(path, "status")
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                if args.watch:
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                print(render(status), flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+    except ControlError as exc:
+        print(f"shardserve: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
