@@ -319,10 +319,23 @@ def _te_on_http10(raw: bytes) -> bool:
     return b"HTTP/1.0\r" in raw and re.search(rb"(?i)\ntransfer-encoding[ \t]*:", raw) is not None
 
 
+def _te_codings(raw: bytes) -> list[list[bytes]]:
+    values = re.findall(rb"(?im)^transfer-encoding[ \t]*:([^\r\n]*)", raw)
+    return [[c.strip(b" \t").lower() for c in v.split(b",")] for v in values]
+
+
 def _te_not_only_chunked(raw: bytes) -> bool:
     """A Transfer-Encoding other than one "chunked" (h11 answers 501 to all of them)."""
-    values = re.findall(rb"(?im)^transfer-encoding[ \t]*:([^\r\n]*)", raw)
-    return len(values) > 1 or any(v.strip(b" \t").lower() != b"chunked" for v in values)
+    codings = _te_codings(raw)
+    return len(codings) > 1 or any(c != [b"chunked"] for c in codings)
+
+
+def _te_chunked_with_empty_elements(raw: bytes) -> bool:
+    """One Transfer-Encoding that is "chunked" once empty list elements are dropped."""
+    codings = _te_codings(raw)
+    return (
+        len(codings) == 1 and [c for c in codings[0] if c] == [b"chunked"] and len(codings[0]) > 1
+    )
 
 
 def _chunk_size_over_16_digits(raw: bytes) -> bool:
@@ -363,6 +376,13 @@ def as_h11_reports(outcome: Outcome) -> Outcome:
 # PythonParser against H11Parser (the reference): where PythonParser is stricter than h11,
 # as RFC 9112 / RFC 9110 require or allow.  What each does is in the reason.
 KNOWN_DIFFERENCES: list[KnownDifference] = [
+    KnownDifference(
+        "transfer-encoding-empty-elements",
+        _te_chunked_with_empty_elements,
+        other_rejects(501),
+        'h11 answers 501 to "Transfer-Encoding: chunked," (an empty list element), PythonParser '
+        "frames the body as chunked: RFC 9110 5.6.1, a recipient MUST ignore empty elements.",
+    ),
     KnownDifference(
         "obs-fold",
         _search(rb"\n[ \t]"),
@@ -503,6 +523,13 @@ def _upgrade_with_body(raw: bytes) -> bool:
 
 # PythonParser against HttptoolsParser (llhttp).
 HTTPTOOLS_KNOWN_DIFFERENCES: list[KnownDifference] = [
+    KnownDifference(
+        "transfer-encoding-empty-elements",
+        _te_chunked_with_empty_elements,
+        other_rejects(400),
+        'llhttp answers 400 to "Transfer-Encoding: chunked," (an empty list element), '
+        "PythonParser frames the body as chunked: RFC 9110 5.6.1, empty elements are ignored.",
+    ),
     KnownDifference(
         "incomplete-head",
         _incomplete_head,
