@@ -154,7 +154,6 @@ class Supervisor:
         self.failure: str | None = None
         self.failure_code = 1
         self.rolling = False
-        self.totals = {"requests": 0, "restarts": 0}
         self.book = StatsBook()
         self.metrics: MetricsServer | None = None
         self.control: ControlSocket | None = None
@@ -444,8 +443,6 @@ class Supervisor:
     def _ended(self, proc: ShardProcess, code: int) -> None:
         proc.state = "exited"
         self.book.ended(proc.index, proc.generation, proc.stats)
-        if proc.stats is not None:
-            self.totals["requests"] += proc.stats.requests
         if not proc.ready.done():
             proc.ready.set_result(False)
         if not proc.exited.done():
@@ -506,7 +503,6 @@ class Supervisor:
         if proc.ready_at is not None and time.monotonic() - proc.ready_at >= STABLE_SECONDS:
             slot.failures = 0
         slot.failures += 1
-        self.totals["restarts"] += 1
         if slot.failures > MAX_CONSECUTIVE_FAILURES:
             self._fail(
                 f"shard {slot.index} failed {slot.failures} times in a row; last: {cause}", proc
@@ -711,7 +707,10 @@ class Supervisor:
         if not self.stopping:
             self._begin_stop()
         await self.stopped.wait()
-        logger.debug("Coordinator totals: %s", self.totals)
+        book = self.book
+        logger.debug(
+            "Coordinator totals: %s; restarts %s", book.totals(), sum(book.restarts.values())
+        )
 
     def _close(self) -> None:
         if self.template_channel is not None:
