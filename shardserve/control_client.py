@@ -77,28 +77,43 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
+def _mb(value) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
+
+
+# (heading, cell): the last 10 seconds' figures, then counts since the server started.
+COLUMNS = [
+    ("shard", lambda r: r["index"]),
+    ("pid", lambda r: r["pid"]),
+    ("mode", lambda r: r["mode"]),
+    ("cpus", lambda r: ",".join(map(str, r["cpus"])) if r["cpus"] else None),
+    ("state", lambda r: r["state"]),
+    ("req/s", lambda r: r["rps_10s"]),
+    ("p50 ms", lambda r: r["p50_ms_10s"]),
+    ("p99 ms", lambda r: r["p99_ms_10s"]),
+    ("cpu %", lambda r: r["cpu_percent_10s"]),
+    ("requests", lambda r: r["requests"]),
+    ("conns", lambda r: r["open_connections"]),
+    ("errors", lambda r: r["errors"]),
+    ("restarts", lambda r: r["restarts"]),
+    ("rss MB", lambda r: _mb(r["rss_bytes"])),
+    ("uptime s", lambda r: r["uptime_s"]),
+]
+
+
 def render(status: dict) -> str:
-    columns = [
-        ("shard", lambda r: r["index"]),
-        ("pid", lambda r: r["pid"]),
-        ("mode", lambda r: r["mode"]),
-        ("cpus", lambda r: ",".join(map(str, r["cpus"])) if r["cpus"] else None),
-        ("state", lambda r: r["state"]),
-        ("req/s(10s)", lambda r: r["rps_10s"]),
-        ("requests", lambda r: r["requests"]),
-        ("open conns", lambda r: r["open_connections"]),
-        ("restarts", lambda r: r["restarts"]),
-        ("rss MB", lambda r: None if r["rss_kb"] is None else round(r["rss_kb"] / 1024, 1)),
-        ("uptime s", lambda r: r["uptime_s"]),
-    ]
-    rows = [[_cell(get(row)) for _, get in columns] for row in status["shards"]]
-    widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(columns)]
+    rows = [[_cell(get(row)) for _, get in COLUMNS] for row in status["shards"]]
+    widths = [max(len(name), *(len(r[i]) for r in rows)) for i, (name, _) in enumerate(COLUMNS)]
+    memory = _mb(status["coordinator_rss_bytes"])
     lines = [
-        f"shardserve {status['state']} on {status['where']} (coordinator pid {status['pid']}), "
-        f"{status['totals']['requests']} requests, {status['reloads']} reloads",
-        "  ".join(name.rjust(w) for (name, _), w in zip(columns, widths, strict=True)),
+        f"shardserve {status['state']} on {status['where']} (coordinator pid {status['pid']}, "
+        f"rss {_cell(memory)} MB), {status['totals']['requests']} requests, "
+        f"{status['reloads']} reloads",
+        "  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths, strict=True)),
     ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if any(row["mode"] != "process" for row in status["shards"]):
+        lines.append("(subinterpreter shards share the coordinator's memory: see its rss)")
     return "\n".join(lines)
 
 

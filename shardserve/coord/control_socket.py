@@ -14,9 +14,12 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..procfs import rss_bytes
 
 logger = logging.getLogger("shardserve.error")
 
@@ -109,40 +112,61 @@ class ControlSocket:
         await writer.drain()
 
 
-def shard_rows(supervisor: Any) -> list[dict]:
-    """What `shardserve status` shows, one row per shard."""
-    import time
+def status_report(supervisor: Any) -> dict:
+    """What `shardserve status` gets: the server, one row per shard, totals."""
+    book = supervisor.book
+    totals = book.totals()
+    return {
+        "pid": os.getpid(),
+        "where": supervisor.where,
+        "state": "stopping"
+        if supervisor.stopping
+        else "running"
+        if supervisor.running
+        else "starting",
+        "coordinator_rss_bytes": rss_bytes(),
+        "shards": shard_rows(supervisor),
+        "totals": dict(totals.values),
+        "responses": totals.responses,
+        "reloads": book.reloads,
+        "restarts": dict(book.restarts),
+    }
 
+
+def shard_rows(supervisor: Any) -> list[dict]:
+    """One row per shard slot: what it runs now and what it did lately."""
     now = time.monotonic()
     book = supervisor.book
     rows = []
     for slot in supervisor.slots:
         proc = slot.current
-        counts = book.shard(slot.index)
-        row = {
-            "index": slot.index,
-            "pid": proc.pid if proc else None,
-            "mode": slot.mode,
-            "cpus": list(slot.cpus) if slot.cpus else None,
-            "state": proc.state if proc else "none",
-            "generation": proc.generation if proc else 0,
-            "requests": counts["requests"],
-            "rps_10s": book.rate(slot.index, now),
-            "open_connections": counts["open_connections"],
-            "active_requests": counts["active_requests"],
-            "restarts": book.restarts_of.get(slot.index, 0),
-            "rss_kb": _rss_kb(proc.pid) if proc and slot.mode == "process" else None,
-            "uptime_s": round(now - proc.ready_at, 1) if proc and proc.ready_at else None,
-        }
-        rows.append(row)
+        tally = book.shard(slot.index)
+        latest = book.latest(slot.index)
+        recent = book.recent(slot.index, now)
+        rows.append(
+            {
+                "index": slot.index,
+                "pid": proc.pid if proc else None,
+                "mode": slot.mode,
+                "cpus": list(slot.cpus) if slot.cpus else None,
+                "state": proc.state if proc else "none",
+                "generation": proc.generation if proc else 0,
+                "requests": tally["requests"],
+                "rps_10s": recent["rps"],
+                "cpu_percent_10s": recent["cpu_percent"],
+                "p50_ms_10s": _ms(recent["p50"]),
+                "p99_ms_10s": _ms(recent["p99"]),
+                "open_connections": tally["open_connections"],
+                "active_requests": tally["active_requests"],
+                "ws_open": tally["ws_open"],
+                "errors": tally["parse_errors"] + tally["app_errors"] + tally["timeouts"],
+                "restarts": book.restarts_of.get(slot.index, 0),
+                "rss_bytes": latest.rss_bytes if latest else None,
+                "uptime_s": round(latest.uptime_seconds, 1) if latest else None,
+            }
+        )
     return rows
 
 
-def _rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

@@ -11,26 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
+from ..messages import LATENCY_BUCKETS, STATUS_CLASSES
 
 logger = logging.getLogger("shardserve.error")
 
 MAX_REQUEST_HEAD = 8192
 READ_TIMEOUT = 5.0
 
-_HELP = {
-    "requests": "HTTP requests answered",
-    "connections": "connections accepted",
-    "rejected": "malformed requests rejected",
-    "app_errors": "exceptions raised by the app",
-    "timeouts": "request heads not received in time",
-    "open_connections": "connections open now",
-    "active_requests": "requests being answered now",
-}
+# (metric name, what it counts, Tally key or None for derived): counters, then gauges.
+# Each is exported per shard (shardserve_shard_<name>{shard="i"}) and in total.
+_COUNTERS = (
+    ("requests", "HTTP requests answered (or left by the client)", "requests"),
+    ("connections", "connections accepted", "connections"),
+    ("connections_closed", "connections closed", None),
+    ("bytes_received", "bytes read from clients (decrypted, with TLS)", "bytes_in"),
+    ("bytes_sent", "bytes written to clients (before encryption, with TLS)", "bytes_out"),
+    ("websocket_connections", "WebSocket handshakes accepted", "ws_connections"),
+    ("websocket_messages_received", "WebSocket messages received", "ws_messages_in"),
+    ("websocket_messages_sent", "WebSocket messages sent", "ws_messages_out"),
+    ("cpu_seconds", "CPU time used by shards (a subinterpreter's: its thread)", "cpu_seconds"),
+)
+_GAUGES = (
+    ("open_connections", "connections open now", "open_connections"),
+    ("active_requests", "requests (and WebSocket sessions) being answered now", "active_requests"),
+    ("websocket_open", "WebSocket connections open now", "ws_open"),
+)
+# errors_total{kind}: what went wrong, by kind.
+_ERRORS = (
+    ("app", "app_errors"),  # exceptions raised by the app
+    ("parse", "parse_errors"),  # malformed requests, answered 4xx/5xx and closed
+    ("timeout", "timeouts"),  # request heads not received in time (408)
+    ("overload", "overloaded"),  # refused with 503 at --limit-concurrency
+)
+
+
+def _value(tally: Any, key: str | None) -> float:
+    if key is None:  # connections_closed: every connection accepted is open or closed
+        return tally["connections"] - tally["open_connections"]
+    return tally[key]
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -48,19 +72,68 @@ class MetricsCollector:
         self.shard_count = shard_count
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        from .stats import COUNTERS, GAUGES
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         book = self.book
-        indexes = book.indexes()
-        for name in COUNTERS + GAUGES:
-            family = CounterMetricFamily if name in COUNTERS else GaugeMetricFamily
-            per_shard = family(f"shardserve_shard_{name}", _HELP[name], labels=["shard"])
-            for index in indexes:
-                per_shard.add_metric([str(index)], book.shard(index)[name])
-            yield per_shard
-            yield family(f"shardserve_{name}", _HELP[name] + ", all shards", book.totals()[name])
+        tallies = {str(index): book.shard(index) for index in book.indexes()}
+        total = book.totals()
+        for family, table in ((CounterMetricFamily, _COUNTERS), (GaugeMetricFamily, _GAUGES)):
+            for name, help_text, key in table:
+                per_shard = family(f"shardserve_shard_{name}", help_text, labels=["shard"])
+                for shard, tally in tallies.items():
+                    per_shard.add_metric([shard], _value(tally, key))
+                yield per_shard
+                yield family(f"shardserve_{name}", help_text + ", all shards", _value(total, key))
+
+        help_text = "HTTP requests by method and status class ('none': no response sent)"
+        per_shard = CounterMetricFamily(
+            "shardserve_shard_responses", help_text, labels=["shard", "method", "status"]
+        )
+        for shard, tally in tallies.items():
+            for method, status, count in _responses(tally):
+                per_shard.add_metric([shard, method, status], count)
+        yield per_shard
+        all_shards = CounterMetricFamily(
+            "shardserve_responses", help_text + ", all shards", labels=["method", "status"]
+        )
+        for method, status, count in _responses(total):
+            all_shards.add_metric([method, status], count)
+        yield all_shards
+
+        help_text = "errors by kind: app exceptions, parse errors, timeouts, overload (503)"
+        per_shard = CounterMetricFamily(
+            "shardserve_shard_errors", help_text, labels=["shard", "kind"]
+        )
+        all_shards = CounterMetricFamily(
+            "shardserve_errors", help_text + ", all shards", labels=["kind"]
+        )
+        for kind, key in _ERRORS:
+            for shard, tally in tallies.items():
+                per_shard.add_metric([shard, kind], tally[key])
+            all_shards.add_metric([kind], total[key])
+        yield per_shard
+        yield all_shards
+
+        help_text = "seconds from a request's head parsed to its response written"
+        per_shard = HistogramMetricFamily(
+            "shardserve_shard_request_duration_seconds", help_text, labels=["shard"]
+        )
+        for shard, tally in tallies.items():
+            per_shard.add_metric([shard], _buckets(tally.latency), tally["latency_sum"])
+        yield per_shard
+        yield HistogramMetricFamily(
+            "shardserve_request_duration_seconds",
+            help_text + ", all shards",
+            buckets=_buckets(total.latency),
+            sum_value=total["latency_sum"],
+        )
+
+        yield from self._shard_details(GaugeMetricFamily)
+
         restarts = CounterMetricFamily(
             "shardserve_shard_restarts", "shards that exited unexpectedly", labels=["cause"]
         )
@@ -69,6 +142,49 @@ class MetricsCollector:
         yield restarts
         yield CounterMetricFamily("shardserve_reloads", "rolling restarts begun", book.reloads)
         yield GaugeMetricFamily("shardserve_shards", "shards configured", self.shard_count())
+
+    def _shard_details(self, gauge: type):
+        """What each running shard is: pid, mode, generation, memory, uptime."""
+        info = gauge(
+            "shardserve_shard_info",
+            "the shard running in each slot (always 1)",
+            labels=["shard", "pid", "mode", "generation"],
+        )
+        memory = gauge(
+            "shardserve_shard_resident_memory_bytes",
+            "resident memory of a process shard (subinterpreter shards share the coordinator's)",
+            labels=["shard"],
+        )
+        uptime = gauge(
+            "shardserve_shard_uptime_seconds", "seconds since the shard started", labels=["shard"]
+        )
+        for index in self.book.indexes():
+            latest = self.book.latest(index)
+            if latest is None:
+                continue
+            shard = str(index)
+            info.add_metric([shard, str(latest.pid), latest.mode, str(latest.generation)], 1)
+            if latest.rss_bytes is not None:
+                memory.add_metric([shard], latest.rss_bytes)
+            uptime.add_metric([shard], latest.uptime_seconds)
+        yield info
+        yield memory
+        yield uptime
+
+
+def _responses(tally: Any):
+    for method, counts in sorted(tally.responses.items()):
+        for status, count in zip(STATUS_CLASSES, counts, strict=True):
+            if count:
+                yield method, status, count
+
+
+def _buckets(latency: list[int]) -> list[tuple[str, int]]:
+    """Cumulative buckets, as Prometheus histograms have them."""
+    from prometheus_client.utils import floatToGoString
+
+    bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+    return list(zip(bounds, itertools.accumulate(latency), strict=True))
 
 
 class MetricsServer:

@@ -42,7 +42,7 @@ from ..messages import (
     Stats,
     Stop,
 )
-from .control_socket import ControlSocket, shard_rows
+from .control_socket import ControlSocket, status_report
 from .listeners import add_listener, bind_listeners, describe
 from .metrics import MetricsCollector, MetricsServer
 from .placement import Placement
@@ -253,15 +253,7 @@ class Supervisor:
             logger.info("shardserve running on %s (Press CTRL+C to quit)", self.where)
 
     def _status(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "where": self.where,
-            "state": "stopping" if self.stopping else "running" if self.running else "starting",
-            "shards": shard_rows(self),
-            "totals": self.book.totals(),
-            "reloads": self.book.reloads,
-            "restarts": dict(self.book.restarts),
-        }
+        return status_report(self)
 
     def _reload(self) -> dict:
         if not self.running or self.stopping:
@@ -462,9 +454,13 @@ class Supervisor:
         if isinstance(message, Heartbeat):
             proc.last_beat = now
         elif isinstance(message, Stats):
+            try:
+                self.book.record(message)
+            except MessageError as exc:
+                self._on_bad_message(proc, exc)
+                return
             proc.stats = message
             proc.last_beat = now
-            self.book.record(message)
         elif isinstance(message, Ready):
             if message.pid != proc.pid:
                 self._on_bad_message(proc, MessageError(f"ready from pid {message.pid}"))
@@ -498,8 +494,7 @@ class Supervisor:
             return  # start-up: _start_all reports it
         cause = proc.kill_reason or _error_of(proc, code)
         logger.warning("%s exited unexpectedly (%s); restarting it.", proc.describe(), cause)
-        self.book.restarts[_cause_label(proc)] += 1
-        self.book.restarts_of[proc.index] += 1
+        self.book.count_restart(proc.index, _cause_label(proc))
         if proc.ready_at is not None and time.monotonic() - proc.ready_at >= STABLE_SECONDS:
             slot.failures = 0
         slot.failures += 1
@@ -708,9 +703,7 @@ class Supervisor:
             self._begin_stop()
         await self.stopped.wait()
         book = self.book
-        logger.debug(
-            "Coordinator totals: %s; restarts %s", book.totals(), sum(book.restarts.values())
-        )
+        logger.debug("Coordinator totals: %s; restarts %s", book.totals().values, book.restarts)
 
     def _close(self) -> None:
         if self.template_channel is not None:

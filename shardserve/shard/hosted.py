@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from ..messages import (
     Stop,
     safe_text,
 )
+from ..procfs import rss_bytes
 from .server import Shard
 
 logger = logging.getLogger("shardserve.error")
@@ -45,9 +47,15 @@ def run_hosted_shard(
     open_channel: OpenChannel,
     send_last: Callable[[Any], None],
     setup_host: Callable[[Any, Shard], None] | None = None,
+    mode: str = "process",
 ) -> int:
-    """Serve until told to stop; returns the exit code."""
+    """Serve until told to stop; returns the exit code.
+
+    ``mode`` is "process" or "subinterpreter": it decides how the shard measures its
+    own CPU and memory (a subinterpreter shares its process with others).
+    """
     index, generation = configure.index, configure.generation
+    identity = ShardIdentity(index, generation, mode)
     config = Config(**configure.config).replace(limit_max_requests=configure.max_requests)
     if configure.cpus:
         # Before any thread starts; in a subinterpreter this pins only its thread.
@@ -89,7 +97,7 @@ def run_hosted_shard(
 
     def on_second(_shard: Shard) -> None:
         channel.send(Heartbeat(index=index, generation=generation))
-        channel.send(shard_stats(shard, generation))
+        channel.send(identity.stats(shard))
 
     def on_max_requests(_shard: Shard) -> None:
         reason = f"served {config.limit_max_requests} requests"
@@ -109,22 +117,51 @@ def run_hosted_shard(
             logger.error("Shard %d failed", index, exc_info=exc)
         send_last(Fatal(index, generation, safe_text(error), starting=not ready, exit_code=code))
         return code
-    send_last(shard_stats(shard, generation))
+    send_last(identity.stats(shard))
     logger.info("Finished shard %d [%d]", index, os.getpid())
     return report.exit_code
 
 
-def shard_stats(shard: Shard, generation: int) -> Stats:
-    state = shard.state
-    counters = state.counters
-    return Stats(
-        index=shard.index,
-        generation=generation,
-        requests=counters.requests,
-        connections=counters.connections,
-        rejected=counters.rejected,
-        app_errors=counters.app_errors,
-        timeouts=counters.timeouts,
-        open_connections=len(state.connections),
-        active_requests=state.active_requests,
-    )
+class ShardIdentity:
+    """Who the shard is and what it costs, for its Stats."""
+
+    def __init__(self, index: int, generation: int, mode: str) -> None:
+        self.index = index
+        self.generation = generation
+        self.mode = mode
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        # A process shard's CPU is its process's; a subinterpreter shard runs on one
+        # thread of the coordinator's process, so its CPU is that thread's.
+        self.cpu_clock = time.process_time if mode == "process" else time.thread_time
+
+    def stats(self, shard: Shard) -> Stats:
+        state = shard.state
+        counters = state.counters
+        return Stats(
+            index=self.index,
+            generation=self.generation,
+            requests=counters.requests,
+            connections=counters.connections,
+            parse_errors=counters.parse_errors,
+            overloaded=counters.overloaded,
+            app_errors=counters.app_errors,
+            timeouts=counters.timeouts,
+            open_connections=len(state.connections),
+            active_requests=state.active_requests,
+            bytes_in=counters.bytes_in,
+            bytes_out=counters.bytes_out,
+            responses=counters.responses_by_method(),
+            latency=list(counters.latency),
+            latency_sum=counters.latency_sum,
+            ws_connections=counters.ws_connections,
+            ws_open=counters.ws_connections - counters.ws_closed,
+            ws_messages_in=counters.ws_messages_in,
+            ws_messages_out=counters.ws_messages_out,
+            pid=self.pid,
+            mode=self.mode,
+            cpu_seconds=self.cpu_clock(),
+            # (a subinterpreter's memory is not separable from the process it shares)
+            rss_bytes=rss_bytes() if self.mode == "process" else None,
+            uptime_seconds=round(time.monotonic() - self.started, 3),
+        )

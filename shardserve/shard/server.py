@@ -194,7 +194,7 @@ class Shard:
         state.access_logger.flush()
         if lifespan is not None and not self._force.is_set():
             await self._unless_forced(lifespan.shutdown())
-        return ShardReport(index=self.index, counters=state.counters.as_dict())
+        return ShardReport(index=self.index, counters=state.counters.summary())
 
     def _tick(self) -> None:
         state = self.state

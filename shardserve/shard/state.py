@@ -15,6 +15,7 @@ from email.utils import formatdate
 from typing import Any
 
 from ..config import Config
+from ..messages import LATENCY_BUCKETS, METHODS, OTHER_METHOD, STATUS_CLASSES
 from .access_log import AccessLog
 from .http.parser import Limits, parser_class
 from .http.proxy import parse_trusted
@@ -22,20 +23,71 @@ from .http.response import DATE, SERVER, canned_response
 
 
 class ShardCounters:
-    """What this shard did: read by stats reporting, written on the hot path."""
+    """What this shard did: written on the hot path, read once a second for Stats.
 
-    # rejected: requests the server answered itself (malformed, too large, 408, 503).
-    __slots__ = ("connections", "requests", "rejected", "app_errors", "timeouts")
+    Everything a request touches is a plain attribute or a preallocated list slot:
+    ``responses[METHOD_SLOTS[method] + status // 100]`` and ``latency[bucket]``.
+    """
+
+    __slots__ = (
+        "connections",
+        "requests",
+        "parse_errors",
+        "overloaded",
+        "app_errors",
+        "timeouts",
+        "bytes_in",
+        "bytes_out",
+        "responses",
+        "latency",
+        "latency_sum",
+        "ws_connections",
+        "ws_closed",
+        "ws_messages_in",
+        "ws_messages_out",
+    )
 
     def __init__(self) -> None:
         self.connections = 0
         self.requests = 0
-        self.rejected = 0
+        self.parse_errors = 0
+        self.overloaded = 0
         self.app_errors = 0
         self.timeouts = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.responses = [0] * (len(METHOD_NAMES) * len(STATUS_CLASSES))
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.ws_connections = 0
+        self.ws_closed = 0
+        self.ws_messages_in = 0
+        self.ws_messages_out = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+    def summary(self) -> dict[str, int]:
+        """The plain counters, for a log line."""
+        return {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("responses", "latency", "latency_sum")
+        }
+
+    def responses_by_method(self) -> dict[str, list[int]]:
+        """The methods that had requests, each with its counts by status class."""
+        width = len(STATUS_CLASSES)
+        responses = self.responses
+        by_method = {}
+        for slot, method in enumerate(METHOD_NAMES):
+            counts = responses[slot * width : (slot + 1) * width]
+            if any(counts):
+                by_method[method] = counts
+        return by_method
+
+
+# The method's row in ShardCounters.responses (its offset); any other method: OTHER_SLOT.
+METHOD_NAMES = (*METHODS, OTHER_METHOD)
+METHOD_SLOTS = {method: slot * len(STATUS_CLASSES) for slot, method in enumerate(METHODS)}
+OTHER_SLOT = len(METHODS) * len(STATUS_CLASSES)
 
 
 @dataclass(frozen=True)

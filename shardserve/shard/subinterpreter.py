@@ -41,7 +41,7 @@ def main(configure_payload: bytes, listener_fds: str, bell_fd: int, inbox: Any, 
                 pass
 
     try:
-        return run_hosted_shard(configure, sockets, open_channel, send_last)
+        return run_hosted_shard(configure, sockets, open_channel, send_last, mode="subinterpreter")
     finally:
         for channel in channels:
             channel.close()

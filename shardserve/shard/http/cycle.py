@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from asyncio import CancelledError
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .response import (
@@ -63,6 +64,7 @@ class RequestCycle:
         "scope",
         "keep_alive",
         "task",
+        "started",  # perf_counter() when the request head was parsed
         # request side
         "request",
         "body",
@@ -81,6 +83,7 @@ class RequestCycle:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
+        self.started = perf_counter()
         self.request = BODY_MORE
         self.body = b""
         self.waiter = None
@@ -116,7 +119,7 @@ class RequestCycle:
         elif self.conn.closed and isinstance(exc, OSError):
             pass  # the client left; nothing went wrong in the app
         else:
-            self.conn.shard.counters.app_errors += 1
+            self.conn.counters.app_errors += 1
             logger.error("Exception in ASGI application", exc_info=exc)
         if self.state != COMPLETE:
             self._abort()
@@ -129,9 +132,14 @@ class RequestCycle:
         """End the exchange after a failure: a 500 if nothing was written, else a close."""
         conn = self.conn
         self.keep_alive = False
-        if self.state < STREAMING and not conn.closed:  # nothing written yet
-            self.status = 500
-            conn.transport.write(conn.shard.canned(500))
+        if self.state < STREAMING:  # nothing written yet
+            if conn.closed:
+                self.status = 0  # no response: the client left first
+            else:
+                self.status = 500
+                response = conn.shard.canned(500)
+                conn.transport.write(response)
+                conn.counters.bytes_out += len(response)
         self.state = COMPLETE
         self.wake()
         conn.response_done(self)
@@ -175,6 +183,7 @@ class RequestCycle:
         for name, value in self.scope["headers"]:
             if name == b"expect" and value.lower() == b"100-continue":
                 self.conn.transport.write(CONTINUE_100)
+                self.conn.counters.bytes_out += len(CONTINUE_100)
                 return
 
     def wake(self) -> None:
@@ -218,7 +227,9 @@ class RequestCycle:
         content_length = None
         app_chunked = close = False
         defaults = shard.default_headers
-        lines = [STATUS_LINES.get(status) or status_line(status), defaults]
+        # (type check: 200.0 == 200 would find a status line, and the class index.)
+        line = STATUS_LINES.get(status) if type(status) is int else None
+        lines = [line or status_line(status), defaults]
         append = lines.append
         for header in headers:
             try:
@@ -282,28 +293,34 @@ class RequestCycle:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.remaining = remaining
             data = body
-        transport = self.conn.transport
+        conn = self.conn
+        transport = conn.transport
         if self.state == HEAD_PENDING:
             self.state = STREAMING
             head = self.head
             self.head = None
             if len(data) < 65536:
                 head.append(data)
-                transport.write(b"".join(head))
-            else:
-                transport.write(b"".join(head))
+                data = b"".join(head)
                 transport.write(data)
+            else:
+                head = b"".join(head)
+                transport.write(head)
+                transport.write(data)
+                conn.counters.bytes_out += len(head)
+            conn.counters.bytes_out += len(data)
         elif data:
             transport.write(data)
+            conn.counters.bytes_out += len(data)
         if not more_body:
             self.state = COMPLETE
             if self.waiter is not None:
                 self.wake()
             if self.remaining:
                 self.keep_alive = False
-                self.conn.response_done(self)
+                conn.response_done(self)
                 raise RuntimeError("Response content shorter than Content-Length")
-            self.conn.response_done(self)
+            conn.response_done(self)
 
 
 _rendered_get = _rendered.get

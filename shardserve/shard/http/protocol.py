@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from ...messages import LATENCY_BUCKETS
+from ..state import METHOD_SLOTS, OTHER_SLOT
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
 from ..ws.session import WebSocketSession
 from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
@@ -50,6 +54,7 @@ ASYNCIO_READ_SIZE = 64 * 1024
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "shard",
+        "counters",
         "loop",
         "transport",
         "parser",
@@ -78,6 +83,7 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, shard: ShardState, scheme: str = "http") -> None:
         self.shard = shard
+        self.counters = shard.counters
         self.loop = shard.loop
         self.scheme = scheme
         self.transport = None
@@ -106,7 +112,7 @@ class HttpConnection(asyncio.Protocol):
             transport.max_size = ASYNCIO_READ_SIZE
         shard = self.shard
         shard.connections.add(self)
-        shard.counters.connections += 1
+        self.counters.connections += 1
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
         self.trusted = shard.proxy_headers and (
@@ -134,6 +140,7 @@ class HttpConnection(asyncio.Protocol):
             self.draining = True
 
     def data_received(self, data: bytes) -> None:
+        self.counters.bytes_in += len(data)
         if self.timer == IDLE:
             self.timer = READING_HEAD
             self.timer_since = self.shard.now
@@ -286,9 +293,14 @@ class HttpConnection(asyncio.Protocol):
     def response_done(self, cycle: RequestCycle) -> None:
         """Called once per exchange, when its response is complete (or abandoned)."""
         shard = self.shard
-        counters = shard.counters
+        counters = self.counters
         counters.requests += 1
-        if shard.access_log:
+        elapsed = perf_counter() - cycle.started
+        counters.latency[bisect_right(LATENCY_BUCKETS, elapsed)] += 1
+        counters.latency_sum += elapsed
+        status = cycle.status
+        counters.responses[METHOD_SLOTS.get(cycle.scope["method"], OTHER_SLOT) + status // 100] += 1
+        if shard.access_log and status:  # (0: the client left before any response)
             self._log_access(cycle)
         if shard.limit_max_requests is not None and counters.requests >= shard.limit_max_requests:
             shard.max_requests_reached()
@@ -306,6 +318,7 @@ class HttpConnection(asyncio.Protocol):
                 cycle.task = self.loop.create_task(cycle.run())
         elif self.rejection:
             self.transport.write(self.rejection)
+            counters.bytes_out += len(self.rejection)
             self.close()
             return
         elif self.parsing is None:
@@ -329,7 +342,11 @@ class HttpConnection(asyncio.Protocol):
         if self.rejection or self.closed:
             return
         shard = self.shard
-        shard.counters.rejected += 1
+        counters = self.counters
+        if status == 503:
+            counters.overloaded += 1
+        elif status != 408:  # (timeouts are counted where they are found)
+            counters.parse_errors += 1
         logger.debug("Invalid HTTP request (%d): %s", status, reason)
         self.rejection = shard.canned(status)
         self.parser = _Discard
@@ -347,6 +364,7 @@ class HttpConnection(asyncio.Protocol):
             # Nothing owed first, or the running request itself is malformed.
             if cycle is None or cycle.state < STREAMING:
                 self.transport.write(self.rejection)
+                counters.bytes_out += len(self.rejection)
             self.close()
         elif parsing is not None:
             self.pipeline.remove(parsing)  # it can never complete: never answer it
@@ -357,7 +375,7 @@ class HttpConnection(asyncio.Protocol):
             if now - self.timer_since >= self.shard.timeout_keep_alive:
                 self.close()
         elif timer == READING_HEAD and now - self.timer_since >= self.shard.timeout_request_header:
-            self.shard.counters.timeouts += 1
+            self.counters.timeouts += 1
             self.timer = NO_TIMER
             self.reject(408, "request head not received in time")
 
@@ -403,7 +421,10 @@ class HttpConnection(asyncio.Protocol):
             status, reason = problem
             logger.debug("Invalid WebSocket handshake (%d): %s", status, reason)
             extra = b"sec-websocket-version: 13\r\n" if status == 426 else b""
-            self.transport.write(canned_response(status, extra=self.shard.default_headers + extra))
+            response = canned_response(status, extra=self.shard.default_headers + extra)
+            self.transport.write(response)
+            self.counters.parse_errors += 1
+            self.counters.bytes_out += len(response)
             self.close()
             return True
         self.shard.connections.discard(self)

@@ -11,12 +11,12 @@ STATUS_LINES: dict[int, bytes] = {
 
 
 def status_line(status: int) -> bytes:
-    line = STATUS_LINES.get(status)
-    if line is None:
-        if type(status) is not int or not 100 <= status <= 999:
-            raise RuntimeError(f"invalid HTTP status {status!r}")
-        line = b"HTTP/1.1 %d \r\n" % status
-    return line
+    """The status line of any int status (an IntEnum such as HTTPStatus.OK too); not
+    of a float or bool that happens to equal one."""
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
+        raise RuntimeError(f"invalid HTTP status {status!r}")
+    status = int(status)
+    return STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
 # Header names whose presence changes what the server adds or how it frames the body.

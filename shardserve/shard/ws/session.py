@@ -59,6 +59,7 @@ class WebSocketSession(asyncio.Protocol):
     def __init__(self, shard: ShardState, transport, scope: dict[str, Any]) -> None:
         config = shard.ws
         self.shard = shard
+        self.counters = shard.counters
         self.loop = shard.loop
         self.transport = transport
         self.scope = scope
@@ -121,7 +122,7 @@ class WebSocketSession(asyncio.Protocol):
             if not isinstance(exc, asyncio.CancelledError) and not (
                 self.closed and isinstance(exc, OSError)
             ):
-                shard.counters.app_errors += 1
+                self.counters.app_errors += 1
                 logger.error("Exception in ASGI application", exc_info=exc)
             self._end_after_failure()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -182,6 +183,10 @@ class WebSocketSession(asyncio.Protocol):
             self.read_paused = True  # the app is behind: let TCP push back on the client
             self.transport.pause_reading()
 
+    def _receive_message(self, message: dict[str, Any]) -> None:
+        self.counters.ws_messages_in += 1
+        self._deliver(message)
+
     def _deliver_disconnect(self) -> None:
         if not self.disconnected:
             self.disconnected = True
@@ -226,9 +231,12 @@ class WebSocketSession(asyncio.Protocol):
                 raise RuntimeError(f"Unexpected ASGI message {kind!r} after the handshake")
         except InvalidState:
             raise ClientDisconnected("the WebSocket is closing") from None
+        counters = self.counters
+        counters.ws_messages_out += 1
         transport = self.transport
         for data in protocol.data_to_send():
             transport.write(data)
+            counters.bytes_out += len(data)
 
     def _accept(self, message: dict[str, Any]) -> None:
         self.chosen_subprotocol = message.get("subprotocol")
@@ -242,6 +250,7 @@ class WebSocketSession(asyncio.Protocol):
             response.headers["Server"] = "shardserve"
         self.protocol.send_response(response)
         self.accepted = True
+        self.counters.ws_connections += 1
         self._log("accepted")
         self._flush()
         if self.pending:
@@ -260,7 +269,9 @@ class WebSocketSession(asyncio.Protocol):
         self._log(str(status))
         self.finished = True
         if not self.closed:
-            self.transport.write(self.shard.canned(status))
+            response = self.shard.canned(status)
+            self.transport.write(response)
+            self.counters.bytes_out += len(response)
             self.transport.close()
 
     def _send_denial(self) -> None:
@@ -276,7 +287,9 @@ class WebSocketSession(asyncio.Protocol):
         self.finished = True
         self._log(str(status))
         if not self.closed:
-            self.transport.write(b"".join(lines))
+            response = b"".join(lines)
+            self.transport.write(response)
+            self.counters.bytes_out += len(response)
             self.transport.close()
 
     def _close(self, code: int, reason: str) -> None:
@@ -298,6 +311,7 @@ class WebSocketSession(asyncio.Protocol):
     # Frames in and out -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.counters.bytes_in += len(data)
         if not self.accepted:
             if self.finished:
                 return
@@ -317,14 +331,14 @@ class WebSocketSession(asyncio.Protocol):
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:  # a whole message in one frame: the common case
                 if opcode is Opcode.BINARY:
-                    self._deliver({"type": "websocket.receive", "bytes": frame.data})
+                    self._receive_message({"type": "websocket.receive", "bytes": frame.data})
                     return
                 try:
                     text = frame.data.decode()
                 except UnicodeDecodeError as exc:
                     self.protocol.fail(1007, f"invalid UTF-8: {exc.reason}")
                     return
-                self._deliver({"type": "websocket.receive", "text": text})
+                self._receive_message({"type": "websocket.receive", "text": text})
                 return
             self.message_opcode = opcode
             self.message_parts = []
@@ -353,9 +367,13 @@ class WebSocketSession(asyncio.Protocol):
             self.message_parts.append(frame.data)
         if frame.fin:
             if self.message_opcode is Opcode.TEXT:
-                self._deliver({"type": "websocket.receive", "text": "".join(self.message_parts)})
+                self._receive_message(
+                    {"type": "websocket.receive", "text": "".join(self.message_parts)}
+                )
             elif self.message_opcode is Opcode.BINARY:
-                self._deliver({"type": "websocket.receive", "bytes": b"".join(self.message_parts)})
+                self._receive_message(
+                    {"type": "websocket.receive", "bytes": b"".join(self.message_parts)}
+                )
             self.message_opcode = None
             self.message_parts = []
 
@@ -369,6 +387,7 @@ class WebSocketSession(asyncio.Protocol):
                     return
                 if data:
                     transport.write(data)
+                    self.counters.bytes_out += len(data)
                 else:
                     transport.close()
         if self.close_sent_at is None and self.protocol.state is not State.OPEN:
@@ -385,6 +404,8 @@ class WebSocketSession(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.accepted and not self.closed:
+            self.counters.ws_closed += 1
         self.closed = True
         self.finished = True
         self.shard.connections.discard(self)
