@@ -77,6 +77,10 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
+def _figure(value) -> str | None:
+    return None if value is None else f"{value:.3g}"
+
+
 def _mb(value) -> float | None:
     return None if value is None else round(value / 2**20, 1)
 
@@ -89,8 +93,8 @@ COLUMNS = [
     ("cpus", lambda r: ",".join(map(str, r["cpus"])) if r["cpus"] else None),
     ("state", lambda r: r["state"]),
     ("req/s", lambda r: r["rps_10s"]),
-    ("p50 ms", lambda r: r["p50_ms_10s"]),
-    ("p99 ms", lambda r: r["p99_ms_10s"]),
+    ("p50 ms", lambda r: _figure(r["p50_ms_10s"])),
+    ("p99 ms", lambda r: _figure(r["p99_ms_10s"])),
     ("cpu %", lambda r: r["cpu_percent_10s"]),
     ("requests", lambda r: r["requests"]),
     ("conns", lambda r: r["open_connections"]),

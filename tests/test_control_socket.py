@@ -57,11 +57,38 @@ def test_status_lists_every_shard(serve, tmp_path):
     assert {i: row["pid"] for i, row in rows.items()} == started(server)
     for row in rows.values():
         assert row["mode"] == "process" and row["state"] == "ready"
-        assert row["rss_kb"] > 1000 and row["uptime_s"] >= 0 and row["restarts"] == 0
+        assert row["rss_bytes"] > 2**20 and row["uptime_s"] >= 0 and row["restarts"] == 0
+    assert status["coordinator_rss_bytes"] > 2**20
+    assert status["responses"] == {"GET": [0, 0, 20, 0, 0, 0, 0, 0, 0, 0]}
     table = shardserve("status", "--control-socket", path)
     assert table.returncode == 0
-    assert "req/s(10s)" in table.stdout and f"coordinator pid {server.pid}" in table.stdout
+    header = table.stdout.splitlines()[1].split()
+    assert header[:8] == ["shard", "pid", "mode", "cpus", "state", "req/s", "p50", "ms"]
+    assert f"coordinator pid {server.pid}" in table.stdout
     assert len(table.stdout.strip().splitlines()) == 4  # summary, header, two shards
+
+
+def test_status_shows_the_last_ten_seconds_rate_latency_and_cpu(serve, tmp_path):
+    path = str(tmp_path / "ctl.sock")
+    server = serve("apps.metered:app", "--shards", "2", "--control-socket", path)
+    deadline = time.monotonic() + 10
+    while True:  # traffic spread over a few stats reports, reaching both shards
+        for _ in range(10):
+            with httpx.Client() as client:  # a new connection each
+                assert client.get(server.url + "/sleep?ms=2", timeout=5).status_code == 200
+        status = json.loads(shardserve("status", "--control-socket", path, "--json").stdout)
+        rows = status["shards"]
+        if all(row["p50_ms_10s"] is not None for row in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    for row in rows:
+        assert row["rps_10s"] > 0, row
+        # Each request sleeps 2 ms: the median is at least the 1 ms bucket's bound.
+        assert 1 <= row["p50_ms_10s"] <= row["p99_ms_10s"] <= 10_000, row
+        assert row["cpu_percent_10s"] >= 0, row
+    table = shardserve("status", "--control-socket", path).stdout
+    for line in table.strip().splitlines()[2:]:
+        assert "-" not in line.split()[5:9], table  # req/s, p50, p99, cpu % all known
 
 
 def test_reload_and_stop(serve, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import select
+import signal
 import socket
 import subprocess
 import time
@@ -106,6 +107,7 @@ FAIL_BEFORE_WRITE = [
     ("/start-twice", "Exception in ASGI application"),
     ("/unknown-type", "Exception in ASGI application"),
     ("/unknown-type-after-start", "Exception in ASGI application"),
+    ("/float-status", "invalid HTTP status 200.0"),
 ]
 
 
@@ -124,6 +126,22 @@ def test_app_failure_before_write_gives_500_and_close(serve, backend, path, logg
     assert responses[0].body == b"Internal Server Error"
     server.wait_for(re.escape(logged), timeout=5)
     assert_serves(server)
+
+
+def test_app_answering_after_the_client_left_is_no_error(serve, backend):
+    """The client leaves mid-body; the app's late answer fails quietly (no traceback,
+    no access-log line for a response never sent) and the server goes on."""
+    server = serve(APP, "--http", backend)
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /respond-after-disconnect HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
+        )
+    server.wait_for(r"RESPONDING AFTER DISCONNECT", timeout=5)
+    assert_serves(server)
+    server.signal(signal.SIGTERM)  # (an unretrieved task exception shows at exit)
+    assert server.wait_exit(15) == 0
+    assert "Traceback" not in server.output and "exception" not in server.output.lower()
+    assert "/respond-after-disconnect" not in server.output
 
 
 def test_app_exception_is_logged_with_traceback(serve, backend):

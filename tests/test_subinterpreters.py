@@ -462,3 +462,52 @@ def test_heartbeats_flow_from_subinterpreter_shards(serve):
         time.sleep(5)
         assert _whoami(server, client) == first
     assert "heartbeat" not in server.output, server.output
+
+
+def test_subinterpreter_shards_report_their_own_cpu_and_no_memory_of_their_own(serve):
+    """A subinterpreter shard's CPU is its thread's; its memory is the coordinator's
+    process, so it reports none (and /metrics has no memory series for it)."""
+    import socket as _socket
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve(
+        APP, "--shard-mode", "subinterpreter", "--shards", "2", "--metrics", f"127.0.0.1:{port}"
+    )
+    coordinator = int(server.wait_for(r"coordinator pid (\d+)", 1).group(1))
+    with httpx.Client() as client:
+        for _ in range(50):
+            _whoami(server, client)
+    deadline = time.monotonic() + 6
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        info = [dict(labels) for (name, labels) in samples if name == "shardserve_shard_info"]
+        if samples.get(("shardserve_requests_total", ())) == 50 and len(info) == 2:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    assert {(i["shard"], i["pid"], i["mode"]) for i in info} == {
+        ("0", str(coordinator), "subinterpreter"),
+        ("1", str(coordinator), "subinterpreter"),
+    }
+    assert not [k for k in samples if k[0] == "shardserve_shard_resident_memory_bytes"]
+    cpu = {
+        dict(labels)["shard"]: value
+        for (name, labels), value in samples.items()
+        if name == "shardserve_shard_cpu_seconds_total"
+    }
+    assert set(cpu) == {"0", "1"} and all(value > 0 for value in cpu.values()), cpu
+    # Each thread's own CPU: together no more than the whole process has used.
+    with open(f"/proc/{coordinator}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    process_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    assert sum(cpu.values()) <= process_cpu + 0.05, (cpu, process_cpu)

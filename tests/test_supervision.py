@@ -873,7 +873,10 @@ def test_connections_queued_on_a_removed_shards_listener_are_not_reset(serve):
 # 11. Malformed control messages -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["garbage", "wrong_type", "huge", "other_index"])
+@pytest.mark.parametrize(
+    "kind",
+    ["garbage", "wrong_type", "huge", "other_index", "stats_new_method", "stats_bad_buckets"],
+)
 def test_malformed_control_message_replaces_only_its_sender(serve, kind):
     server = serve(APP, "--shards", "2")
     shards = initial_shards(server)

@@ -63,6 +63,18 @@ async def raise_after_body_length(scope, receive, send):
     raise Boom("after the first body message (content-length)")
 
 
+async def float_status(scope, receive, send):
+    await send(_start(200.0))  # equal to 200, but not an int: refused
+
+
+async def respond_after_disconnect(scope, receive, send):
+    """Wait for the client to leave, then try to answer (ClientDisconnected)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    print("RESPONDING AFTER DISCONNECT", flush=True)
+    await send(_start(200, [(b"content-length", b"2")]))
+
+
 async def return_none(scope, receive, send):
     return None
 
@@ -146,6 +158,8 @@ ROUTES = {
     "/header-crlf-name": _header_route(b"x-injected: yes\r\nx-note", b"a"),
     "/header-lf-name": _header_route(b"x-note\nx-injected", b"yes"),
     "/hold": hold,
+    "/float-status": float_status,
+    "/respond-after-disconnect": respond_after_disconnect,
 }
 
 

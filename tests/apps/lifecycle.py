@@ -10,7 +10,9 @@
 - ``/control?kind=K``: writes a malformed message on the shard's own control channel
   (``garbage``: not JSON; ``wrong_type``: a heartbeat whose ``index`` is a string;
   ``huge``: a frame header announcing 0xFFFFFFFF bytes; ``other_index``: a well-formed
-  heartbeat carrying another shard's index).
+  heartbeat carrying another shard's index; ``stats_new_method``: Stats counting a
+  method outside the fixed list; ``stats_bad_buckets``: Stats whose latency histogram
+  does not have the fixed buckets).
 
 ``/slow`` and ``/block`` print a ``LIFECYCLE ...`` line (with the pid) to stdout when
 they begin, so a test knows the request is in flight and which shard has it.
@@ -129,6 +131,11 @@ async def _control(scope, send) -> None:
         raw = _frame({"type": "heartbeat", "index": str(index), "generation": generation})
     elif kind == "huge":
         raw = struct.pack(">I", 0xFFFFFFFF) + b"x" * 32
+    elif kind == "stats_new_method":  # well-formed, but would mint a new series
+        stats = {"type": "stats", "index": index, "generation": generation}
+        raw = _frame({**stats, "responses": {"BREW": [1] * 10}, "latency": [0] * 17})
+    elif kind == "stats_bad_buckets":
+        raw = _frame({"type": "stats", "index": index, "generation": generation, "latency": [1]})
     elif kind == "other_index":
         other = (index + 1) % max(shard.config.shards or 2, 2)
         raw = _frame({"type": "heartbeat", "index": other, "generation": generation})
