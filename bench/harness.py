@@ -95,18 +95,38 @@ class Server:
     name: str
     argv: list[str]
     port: int
+    root: Path = ROOT  # the source tree it runs from (another revision: checkout_of)
 
     def start(self, cpus: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.root))
         proc = subprocess.Popen(
             ["taskset", "-c", cpus, *self.argv],
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         wait_for_port(self.port, proc)
         return proc
+
+
+def checkout_of(revision: str) -> Path:
+    """This repository's tree at ``revision`` (for before/after comparisons), once."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    where = Path("/tmp") / f"shardserve-{commit[:12]}"
+    if not where.exists():
+        partial = where.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", commit], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive, check=True)
+        partial.rename(where)
+    return where
 
 
 def stop(proc: subprocess.Popen) -> None:

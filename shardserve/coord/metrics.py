@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ logger = logging.getLogger("shardserve.error")
 
 MAX_REQUEST_HEAD = 8192
 READ_TIMEOUT = 5.0
+# Shards report once a second; scrapes in between reuse the last exposition (made at
+# most this often, and only when something changed), so that frequent scrapers cost
+# the coordinator, which may share CPUs with shards, next to nothing.
+REGENERATE_SECONDS = 0.5
 
 # (metric name, what it counts, Tally key or None for derived): counters, then gauges.
 # Each is exported per shard (shardserve_shard_<name>{shard="i"}) and in total.
@@ -203,6 +208,10 @@ class MetricsServer:
         self.healthy = healthy
         self.ready = ready
         self.server: asyncio.AbstractServer | None = None
+        self.collector = collector
+        self._exposition = b""
+        self._made_from: tuple | None = None  # (book version, shard count) it shows
+        self._made_at = 0.0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -236,6 +245,17 @@ class MetricsServer:
             await writer.drain()
         writer.close()
 
+    def _metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        now = time.monotonic()
+        source = (self.collector.book.version, self.collector.shard_count())
+        stale = source != self._made_from and now - self._made_at >= REGENERATE_SECONDS
+        if self._made_from is None or stale:
+            self._exposition = generate_latest(self.registry)
+            self._made_from, self._made_at = source, now
+        return self._exposition
+
     def _answer(self, head: bytes) -> tuple[int, str, bytes]:
         if len(head) > MAX_REQUEST_HEAD:
             return 400, "text/plain", b"bad request\n"
@@ -246,9 +266,9 @@ class MetricsServer:
         if method != b"GET":
             return 405, "text/plain", b"method not allowed\n"
         if target == b"/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+            from prometheus_client import CONTENT_TYPE_LATEST
 
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE_LATEST, self._metrics()
         if target == b"/healthz":
             ok = self.healthy()
             return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"not ready\n"

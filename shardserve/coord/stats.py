@@ -119,12 +119,14 @@ class StatsBook:
         self.restarts: dict[str, int] = {}  # cause -> unexpected shard exits
         self.restarts_of: dict[int, int] = {}  # shard index -> unexpected exits
         self.reloads = 0
+        self.version = 0  # grows with every change: readers may cache what they made
         self.history: dict[int, deque[Point]] = {}  # shard index -> recent points
 
     def record(self, stats: Stats, now: float | None = None) -> None:
         """Take a shard's latest Stats; MessageError (and nothing kept) if malformed."""
         check(stats)
         self.live[(stats.index, stats.generation)] = stats
+        self.version += 1
         now = time.monotonic() if now is None else now
         tally = self.shard(stats.index)
         history = self.history.setdefault(stats.index, deque())
@@ -132,13 +134,19 @@ class StatsBook:
         while history and now - history[0].when > RATE_WINDOW + 1:
             history.popleft()
 
+    def count_reload(self) -> None:
+        self.reloads += 1
+        self.version += 1
+
     def count_restart(self, index: int, cause: str) -> None:
+        self.version += 1
         self.restarts[cause] = self.restarts.get(cause, 0) + 1
         self.restarts_of[index] = self.restarts_of.get(index, 0) + 1
 
     def ended(self, index: int, generation: int, last: Stats | None) -> None:
         """A generation ended; ``last`` is the last Stats it sent, if any."""
         latest = self.live.pop((index, generation), None)
+        self.version += 1
         final = last if last is not None else latest
         if final is not None:
             self.carried.setdefault(index, Tally()).add(final, gauges=False)

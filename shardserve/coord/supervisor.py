@@ -611,7 +611,7 @@ class Supervisor:
             logger.info("A rolling restart is already under way.")
             return
         self.rolling = True
-        self.book.reloads += 1
+        self.book.count_reload()
         logger.info("Rolling restart of %d shards.", len(self.slots))
         try:
             for slot in list(self.slots):

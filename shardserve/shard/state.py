@@ -31,7 +31,6 @@ class ShardCounters:
 
     __slots__ = (
         "connections",
-        "requests",
         "parse_errors",
         "overloaded",
         "app_errors",
@@ -49,7 +48,6 @@ class ShardCounters:
 
     def __init__(self) -> None:
         self.connections = 0
-        self.requests = 0
         self.parse_errors = 0
         self.overloaded = 0
         self.app_errors = 0
@@ -64,13 +62,15 @@ class ShardCounters:
         self.ws_messages_in = 0
         self.ws_messages_out = 0
 
+    @property
+    def requests(self) -> int:
+        """Requests answered (or left by the client): each is counted in responses."""
+        return sum(self.responses)
+
     def summary(self) -> dict[str, int]:
         """The plain counters, for a log line."""
-        return {
-            name: getattr(self, name)
-            for name in self.__slots__
-            if name not in ("responses", "latency", "latency_sum")
-        }
+        plain = (n for n in self.__slots__ if n not in ("responses", "latency", "latency_sum"))
+        return {"requests": self.requests, **{name: getattr(self, name) for name in plain}}
 
     def responses_by_method(self) -> dict[str, list[int]]:
         """The methods that had requests, each with its counts by status class."""
@@ -127,7 +127,8 @@ class ShardState:
         )
         self.parser_class = parser_class(config.http)
         self.limit_concurrency = config.limit_concurrency
-        self.limit_max_requests = config.limit_max_requests
+        # Counted down per request with --limit-max-requests (None: no limit).
+        self.requests_left = config.limit_max_requests
         self.timeout_keep_alive = config.timeout_keep_alive
         self.timeout_request_header = config.timeout_request_header
         access_logger = logging.getLogger("shardserve.access")
@@ -174,7 +175,7 @@ class ShardState:
             self._canned.clear()
 
     def max_requests_reached(self) -> None:
-        self.limit_max_requests = None  # once
+        self.requests_left = None  # once
         if self.on_max_requests is not None:
             self.on_max_requests()
 
