@@ -13,6 +13,7 @@ REV``: the same server from a revision without it, run from a copy of that tree.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import threading
@@ -33,6 +34,7 @@ from bench.harness import (  # noqa: E402
     measure,
     summarize,  # noqa: E402
 )
+from shardserve.coord.placement import parse_cpu_list  # noqa: E402
 
 
 def scraper(port: int, stop: threading.Event) -> None:
@@ -49,6 +51,8 @@ def main() -> None:
     parser = load_parser(__doc__)
     parser.add_argument("--against", metavar="REV", help="also run this git revision")
     args = parser.parse_args()
+    # The scraper (a thread of this process) runs beside wrk, off the server's CPUs.
+    os.sched_setaffinity(0, parse_cpu_list(args.load_cpus))
     configs = ["metrics off", "metrics on"]
     roots = {name: ROOT for name in configs}
     if args.against:
