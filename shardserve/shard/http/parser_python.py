@@ -81,7 +81,7 @@ MAX_CHUNK_DIGITS = 16
 # A request line may exceed --limit-request-line (which bounds the target) by this
 # much: method, spaces and version.
 REQUEST_LINE_EXTRA = 16
-# Most decimal digits of a Content-Length: under 2**63.
+# Most decimal digits of a Content-Length, leading zeros aside: under 2**63.
 MAX_LENGTH_DIGITS = 18
 
 
@@ -343,7 +343,8 @@ class PythonParser:
             _check_transfer_encoding(http_version, transfer_encoding, content_length)
             state = CHUNK_SIZE
         elif content_length is not None:
-            if not content_length.isdigit() or len(content_length) > MAX_LENGTH_DIGITS:
+            digits = content_length.lstrip(b"0")  # (leading zeros are allowed: 1*DIGIT)
+            if not content_length.isdigit() or len(digits) > MAX_LENGTH_DIGITS:
                 raise ParseError(400, "invalid Content-Length")
             length = int(content_length)
             if length:
