@@ -377,6 +377,13 @@ def as_h11_reports(outcome: Outcome) -> Outcome:
 # as RFC 9112 / RFC 9110 require or allow.  What each does is in the reason.
 KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference(
+        "content-length-leading-zeros",
+        _search(rb"(?im)^content-length[ \t]*:[ \t]*0[0-9]{20}"),
+        other_rejects(400),
+        "h11 answers 400 to a Content-Length over 20 characters even when they are leading "
+        "zeros; PythonParser limits the digits that count (18): RFC 9110 8.6, 1*DIGIT.",
+    ),
+    KnownDifference(
         "transfer-encoding-empty-elements",
         _te_chunked_with_empty_elements,
         other_rejects(501),
