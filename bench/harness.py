@@ -22,7 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_VENV = ROOT / ".bench-venv"
-PEER_PACKAGES = ["uvicorn[standard]==0.54.0"]
+# The peers, pinned; matplotlib draws `python -m bench`'s charts from the same venv.
+PEER_PACKAGES = [
+    "uvicorn[standard]==0.54.0",
+    "granian==2.8.7",
+    "hypercorn==0.18.0",
+    "matplotlib==3.11.2",
+]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -140,12 +146,18 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def peer_python() -> str:
-    """The Python of a separate venv holding the peers (uvicorn), created on first use."""
+    """The Python of a separate venv holding the peers (never shardserve's own venv),
+    created on first use and brought up to PEER_PACKAGES when the list changes."""
     python = PEERS_VENV / "bin" / "python"
+    installed = PEERS_VENV / "peer-packages.txt"
+    wanted = "\n".join(PEER_PACKAGES)
     if not python.exists():
         print(f"creating {PEERS_VENV} for the peer servers ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    if not installed.exists() or installed.read_text() != wanted:
+        print(f"installing {', '.join(PEER_PACKAGES)} into {PEERS_VENV} ...", file=sys.stderr)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        installed.write_text(wanted)
     return str(python)
 
 
@@ -160,6 +172,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    max_ms: float = float("nan")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -208,6 +221,7 @@ def run_wrk(
     duration_match = re.search(r"requests in ([\d.]+)(us|ms|s|m)", out)
     duration = _ms(duration_match.group(1) + duration_match.group(2)) / 1000.0
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
     errors = 0
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
@@ -224,6 +238,7 @@ def run_wrk(
         p50_ms=_ms(percentiles.get("50", "nan")),
         p99_ms=_ms(percentiles.get("99", "nan")),
         errors=errors,
+        max_ms=_ms(latency.group(3)) if latency else float("nan"),
     )
 
 

@@ -1,0 +1,109 @@
+"""python -m bench: servers side by side, on the CPUs you name, with figures to trust.
+
+    python -m bench --servers shardserve,uvicorn,granian --workers 1,2,4 \\
+        --workloads plaintext,json --server-cpus 8-15 --load-cpus 0-7 --runs 3
+
+Every server (and all its processes) is pinned to --server-cpus, the load generator
+(one wrk or h2load thread per load CPU) to --load-cpus.  Each run starts the server,
+warms it up, measures, and stops it; rounds go through every cell in turn.  Writes
+results.json, results.md and PNG charts to --out (default bench/results/<time>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, peer_python  # noqa: E402
+from bench.loadgen import GENERATORS, LoadError, require  # noqa: E402
+from bench.matrix import Settings, run_matrix  # noqa: E402
+from bench.report import draw_charts, write  # noqa: E402
+from bench.servers import SERVERS  # noqa: E402
+from bench.workloads import WORKLOADS  # noqa: E402
+from shardserve.coord.placement import parse_cpu_list  # noqa: E402
+
+
+def _names(text: str, known: dict, what: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"bench: unknown {what} {', '.join(unknown) or text!r}; "
+                         f"choose from {', '.join(known)}")  # fmt: skip
+    return [known[n] for n in names]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default="shardserve,uvicorn", help=", ".join(SERVERS))
+    parser.add_argument("--workers", default="1", help="worker (shard) counts, e.g. 1,2,4")
+    parser.add_argument("--workloads", default="plaintext", help=", ".join(WORKLOADS))
+    parser.add_argument("--server-cpus", default="1", help="CPUs the servers are pinned to")
+    parser.add_argument("--load-cpus", default="0", help="CPUs the load generator is pinned to")
+    parser.add_argument("--load-generator", choices=GENERATORS, default="wrk")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", help="directory for the results (default bench/results/<time>)")
+    parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.seconds < 1 or args.connections < 1:
+        parser.error("--runs, --seconds and --connections must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    kinds = _names(args.servers, SERVERS, "server")
+    workloads = _names(args.workloads, WORKLOADS, "workload")
+    try:
+        counts = [int(n) for n in args.workers.split(",")]
+        server_cpus = parse_cpu_list(args.server_cpus)
+        load_cpus = parse_cpu_list(args.load_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+    if any(n < 1 for n in counts):
+        raise SystemExit("bench: --workers counts must be at least 1")
+    for kind in kinds:
+        reason = kind.unavailable()
+        if reason is not None:
+            raise SystemExit(f"bench: {kind.name} cannot run here: {reason}")
+    try:
+        if any(not w.websocket for w in workloads):
+            require(args.load_generator)
+    except LoadError as exc:
+        raise SystemExit(f"bench: {exc}") from None
+    if set(server_cpus) & set(load_cpus):
+        print("bench: warning: server and load CPUs overlap; figures will mix the two",
+              file=sys.stderr)  # fmt: skip
+    settings = Settings(
+        server_cpus=server_cpus,
+        load_cpus=load_cpus,
+        generator=args.load_generator,
+        runs=args.runs,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        connections=args.connections,
+    )
+    out = (
+        Path(args.out) if args.out else ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    )
+    cells = run_matrix(kinds, counts, workloads, settings)
+    write(out, cells, settings, argv)
+    print((out / "results.md").read_text())
+    if not args.no_charts:
+        why_not = draw_charts(out, peer_python())
+        if why_not:
+            print(f"bench: no charts: {why_not}", file=sys.stderr)
+    failed = sum(1 for c in cells for r in c.runs if "failed" in r)
+    print(f"Results in {out} ({len(cells)} cells, {failed} failed runs).")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Run a matrix of servers x worker counts x workloads, side by side, and keep every run.
+
+Rounds, not blocks: each round measures every cell once, starting one cell further
+along each time, so drift on a shared machine touches every cell alike.  A cell's
+figures are its runs' median with their minimum and maximum.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.harness import Server, cpu_seconds, free_port, process_tree, stop
+from bench.loadgen import SATURATED, run_load
+from bench.servers import ServerKind
+from bench.workloads import Workload
+
+APP = "bench.apps:app"
+FIGURES = ("rps", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_request", "pss_mb_per_worker")
+
+
+@dataclass
+class Settings:
+    server_cpus: list[int]
+    load_cpus: list[int]
+    generator: str = "wrk"
+    runs: int = 3
+    seconds: float = 5.0
+    warmup: float = 1.0
+    connections: int = 64
+
+
+@dataclass
+class Cell:
+    server: str
+    workers: int
+    workload: str
+    runs: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Median, min and max of every figure; whether the load generator was the limit."""
+        result: dict = {}
+        for name in FIGURES:
+            values = [r[name] for r in self.runs if r[name] == r[name]]  # (NaN: unknown)
+            if values:
+                result[name] = {
+                    "median": statistics.median(values),
+                    "min": min(values),
+                    "max": max(values),
+                }
+        result["errors"] = sum(r["errors"] for r in self.runs)
+        share = statistics.median(r["load_cpu_share"] for r in self.runs)
+        result["load_cpu_share"] = share
+        result["load_bound"] = share >= SATURATED
+        return result
+
+
+class Progress:
+    """One line on stderr, rewritten: where the matrix is and what the last run gave."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str, outcome: str) -> None:
+        self.done += 1
+        width = 24
+        filled = width * self.done // self.total
+        bar = "#" * filled + "." * (width - filled)
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        line = f"[{bar}] {self.done}/{self.total} {label}: {outcome} (~{left:.0f} s left)"
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + line)
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings) -> dict:
+    """Start the server, warm it up, load it, and read its CPU and memory; one run."""
+    port = free_port()
+    server = Server(kind.name, kind.command(workers, port, APP), port)
+    proc = server.start(",".join(map(str, settings.server_cpus)))
+    try:
+        time.sleep(0.5)  # (the port answers once one worker listens; let the rest start)
+        warmup = max(settings.warmup, 1.0)
+        run_load(settings.generator, workload, port, settings.load_cpus, warmup,
+                 settings.connections)  # fmt: skip
+        before = cpu_seconds(proc.pid)
+        load = run_load(
+            settings.generator,
+            workload,
+            port,
+            settings.load_cpus,
+            settings.seconds,
+            settings.connections,
+        )
+        used = cpu_seconds(proc.pid) - before
+        pss_mb = sum(_pss_kb(pid) for pid in process_tree(proc.pid)) / 1024
+    finally:
+        stop(proc)
+    return {
+        "rps": load.rps,
+        "p50_ms": load.p50_ms,
+        "p99_ms": load.p99_ms,
+        "max_ms": load.max_ms,
+        "cpu_us_per_request": used / max(load.requests, 1) * 1e6,
+        "pss_mb_per_worker": pss_mb / workers,
+        "errors": load.errors,
+        "requests": load.requests,
+        "load_cpu_share": load.load_cpu_share,
+    }
+
+
+def run_matrix(
+    kinds: list[ServerKind], counts: list[int], workloads: list[Workload], settings: Settings
+) -> list[Cell]:
+    cells = [
+        (kind, count, workload, Cell(kind.name, count, workload.name))
+        for workload in workloads
+        for kind in kinds
+        for count in counts
+    ]
+    progress = Progress(len(cells) * settings.runs)
+    for round_ in range(settings.runs):
+        shift = round_ % len(cells)
+        for kind, count, workload, cell in cells[shift:] + cells[:shift]:
+            label = f"run {round_ + 1} {kind.name} x{count} {workload.name}"
+            try:
+                result = measure(kind, count, workload, settings)
+            except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
+                result = {name: float("nan") for name in FIGURES}
+                result.update(errors=1, requests=0, load_cpu_share=0.0, failed=str(exc)[:200])
+                progress.step(label, f"failed: {exc}")
+            else:
+                progress.step(label, f"{result['rps']:.0f} req/s")
+            cell.runs.append(result)
+    return [cell for *_, cell in cells]

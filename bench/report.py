@@ -1,0 +1,120 @@
+"""What `python -m bench` writes: results.json, results.md and charts (PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from bench.matrix import Cell, Settings
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _figure(summary: dict, name: str, digits: int = 0) -> str:
+    figure = summary.get(name)
+    if figure is None:
+        return "-"
+    median, low, high = figure["median"], figure["min"], figure["max"]
+    return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
+def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`python -m bench {' '.join(argv)}`",
+        "",
+        f"{info['date']}; {info['cpu'] or 'unknown CPU'}, {info['cpus']} CPUs; Linux "
+        f"{info['kernel']}; Python {info['python']}. Servers on CPUs "
+        f"{','.join(map(str, settings.server_cpus))}, {settings.generator} on CPUs "
+        f"{','.join(map(str, settings.load_cpus))}; {settings.connections} connections; "
+        f"{settings.runs} runs of {settings.seconds:g} s after {settings.warmup:g} s of "
+        "warm-up. Figures: median (min-max) over the runs.",
+        "",
+    ]
+    for workload in dict.fromkeys(cell.workload for cell in cells):
+        lines += [
+            f"## {workload}",
+            "",
+            "| server | workers | req/s | p50 ms | p99 ms | max ms | server CPU µs/request "
+            "| PSS MB/worker | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for cell in (c for c in cells if c.workload == workload):
+            s = cell.summary()
+            rps = _figure(s, "rps")
+            if s["load_bound"]:
+                rps = f"load-bound ({s['load_cpu_share']:.0%} of the load CPUs)"
+            lines.append(
+                f"| {cell.server} | {cell.workers} | {rps} | {_figure(s, 'p50_ms', 2)} "
+                f"| {_figure(s, 'p99_ms', 2)} | {_figure(s, 'max_ms', 1)} "
+                f"| {_figure(s, 'cpu_us_per_request', 1)} | {_figure(s, 'pss_mb_per_worker', 1)} "
+                f"| {s['errors']} |"
+            )
+        lines.append("")
+    lines.append(
+        "load-bound: the load generator used 90% or more of its CPUs, so the server "
+        "could have gone faster; its figure is not shown. Server CPU covers the whole "
+        "process tree (coordinator or master included); PSS is the tree's, divided by the "
+        "worker count."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, cells: list[Cell], settings: Settings, argv: list[str]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    data = {
+        "argv": argv,
+        "machine": info,
+        "settings": vars(settings),
+        "cells": [
+            {
+                "server": c.server,
+                "workers": c.workers,
+                "workload": c.workload,
+                "summary": c.summary(),
+                "runs": c.runs,
+            }
+            for c in cells
+        ],
+    }
+    (out / "results.json").write_text(json.dumps(data, indent=2, allow_nan=True))
+    (out / "results.md").write_text(markdown(cells, settings, argv, info))
+    return data
+
+
+def draw_charts(out: Path, python: str) -> str | None:
+    """PNG charts from results.json by bench/charts.py (matplotlib, in the peers' venv);
+    returns why not, if not."""
+    script = Path(__file__).with_name("charts.py")
+    done = subprocess.run(
+        [python, str(script), str(out / "results.json"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["charts failed"])[-1]
+    return None
