@@ -31,7 +31,7 @@ def _names(text: str, known: dict, what: str) -> list:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise SystemExit(f"bench: unknown {what} {', '.join(unknown) or text!r}; "
+        raise SystemExit(f"bench: unknown {what} {', '.join(unknown) or repr(text)}; "
                          f"choose from {', '.join(known)}")  # fmt: skip
     return [known[n] for n in names]
 
