@@ -40,7 +40,11 @@ WORKLOADS: dict[str, Workload] = {
             "GET / with Connection: close: a new TCP connection per request",
             new_connection=True,
         ),
-        Workload("pipelined", "GET /, 16 requests pipelined per write", pipeline=16),
+        Workload(
+            "pipelined",
+            "GET /, 16 requests pipelined per write (no latency: wrk times whole batches)",
+            pipeline=16,
+        ),
         Workload(
             "websocket",
             "WebSocket /echo: 32-byte text messages, each waiting for its echo",
