@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = kind.unavailable()
         if reason is not None:
             raise SystemExit(f"bench: {kind.name} cannot run here: {reason}")
+    if args.load_generator == "h2load" and any(w.new_connection for w in workloads):
+        raise SystemExit("bench: h2load keeps its connections open: new-connection needs wrk")
     try:
         if any(not w.websocket for w in workloads):
             require(args.load_generator)

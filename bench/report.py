@@ -63,6 +63,10 @@ def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict)
         ]
         for cell in (c for c in cells if c.workload == workload):
             s = cell.summary()
+            failures = [r["failed"] for r in cell.runs if "failed" in r]
+            if len(failures) == len(cell.runs):
+                lines.append(f"| {cell.server} | {cell.workers} | failed: {failures[-1]} |")
+                continue
             rps = _figure(s, "rps")
             if s["load_bound"]:
                 rps = f"load-bound ({s['load_cpu_share']:.0%} of the load CPUs)"

@@ -69,6 +69,7 @@ def test_a_small_matrix_is_measured_and_written(tmp_path):
         (["--workloads", "plaintext,bogus"], "unknown workload bogus"),
         (["--workers", "0"], "at least 1"),
         (["--server-cpus", "x-y"], "bench:"),
+        (["--load-generator", "h2load", "--workloads", "new-connection"], "needs wrk"),
     ],
 )
 def test_bad_arguments_are_one_line(args, message):
