@@ -48,6 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--pin", action="store_true", help="pin shard i to the i-th server CPU (shardserve only)"
+    )
     parser.add_argument("--out", help="directory for the results (default bench/results/<time>)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     args = parser.parse_args(argv)
@@ -69,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench: {exc}") from None
     if any(n < 1 for n in counts):
         raise SystemExit("bench: --workers counts must be at least 1")
+    if args.pin:
+        if any(not kind.pins for kind in kinds):
+            raise SystemExit("bench: --pin: only shardserve pins its workers; drop the others")
+        if max(counts) > len(server_cpus):
+            raise SystemExit(f"bench: --pin: {max(counts)} workers, {len(server_cpus)} server CPUs")
     for kind in kinds:
         reason = kind.unavailable()
         if reason is not None:
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         warmup=args.warmup,
         connections=args.connections,
+        pin=args.pin,
     )
     out = (
         Path(args.out) if args.out else ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")

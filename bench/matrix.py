@@ -31,6 +31,7 @@ class Settings:
     seconds: float = 5.0
     warmup: float = 1.0
     connections: int = 64
+    pin: bool = False  # shard i pinned to the i-th server CPU (shardserve --pin --cpus)
 
 
 @dataclass
@@ -97,7 +98,10 @@ def _pss_kb(pid: int) -> int:
 def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings) -> dict:
     """Start the server, warm it up, load it, and read its CPU and memory; one run."""
     port = free_port()
-    server = Server(kind.name, kind.command(workers, port, APP), port)
+    argv = kind.command(workers, port, APP)
+    if settings.pin:
+        argv += ["--pin", "--cpus", ",".join(map(str, settings.server_cpus[:workers]))]
+    server = Server(kind.name, argv, port)
     proc = server.start(",".join(map(str, settings.server_cpus)))
     try:
         time.sleep(0.5)  # (the port answers once one worker listens; let the rest start)

@@ -19,6 +19,7 @@ class ServerKind:
     description: str
     command: Callable[[int, int, str], list[str]]  # (workers, port, app) -> argv
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run here
+    pins: bool = False  # can pin worker i to one CPU (python -m bench --pin)
 
 
 def _shardserve(mode: str) -> Callable[[int, int, str], list[str]]:
@@ -55,12 +56,18 @@ def _hypercorn(count: int, port: int, app: str) -> list[str]:
 SERVERS: dict[str, ServerKind] = {
     kind.name: kind
     for kind in (
-        ServerKind("shardserve", "process shards (httptools, uvloop)", _shardserve("process")),
+        ServerKind(
+            "shardserve",
+            "process shards (httptools, uvloop)",
+            _shardserve("process"),
+            pins=True,
+        ),
         ServerKind(
             "shardserve-subinterpreter",
             "own-GIL subinterpreter shards (pure-Python parser, asyncio)",
             _shardserve("subinterpreter"),
             _subinterpreters_unavailable,
+            pins=True,
         ),
         ServerKind("uvicorn", "uvicorn --workers (httptools, uvloop)", _uvicorn),
         ServerKind("granian", "granian --workers --interface asgi", _granian),

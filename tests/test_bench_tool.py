@@ -70,6 +70,8 @@ def test_a_small_matrix_is_measured_and_written(tmp_path):
         (["--workers", "0"], "at least 1"),
         (["--server-cpus", "x-y"], "bench:"),
         (["--load-generator", "h2load", "--workloads", "new-connection"], "needs wrk"),
+        (["--servers", "shardserve,uvicorn", "--pin"], "only shardserve pins"),
+        (["--workers", "1,4", "--pin", "--server-cpus", "1", "--servers", "shardserve"], "4 work"),
     ],
 )
 def test_bad_arguments_are_one_line(args, message):
