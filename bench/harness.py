@@ -52,6 +52,32 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def memory(pid: int) -> dict[str, int]:
+    """USS, PSS and RSS of one process (kB), from /proc/PID/smaps_rollup."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0])
+    return {
+        "uss_kb": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+        "pss_kb": fields.get("Pss", 0),
+        "rss_kb": fields.get("Rss", 0),
+    }
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """USS and PSS (kB) of a process and all its descendants (live ones)."""
+    total = {"uss_kb": 0, "pss_kb": 0}
+    for member in process_tree(pid):
+        try:
+            found = memory(member)
+        except OSError:
+            continue
+        total["uss_kb"] += found["uss_kb"]
+        total["pss_kb"] += found["pss_kb"]
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its descendants (live ones)."""
     total = 0
@@ -178,7 +204,8 @@ class WrkResult:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def _ms(text: str) -> float:
+def duration_ms(text: str) -> float:
+    """wrk's and h2load's durations ('812.5us', '3.2ms', '1.02s') in milliseconds."""
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     if not match:
         return float("nan")
@@ -219,7 +246,7 @@ def run_wrk(
     ).stdout
     requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))
     duration_match = re.search(r"requests in ([\d.]+)(us|ms|s|m)", out)
-    duration = _ms(duration_match.group(1) + duration_match.group(2)) / 1000.0
+    duration = duration_ms(duration_match.group(1) + duration_match.group(2)) / 1000.0
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
     latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
     errors = 0
@@ -235,10 +262,10 @@ def run_wrk(
         requests=requests,
         seconds=duration,
         rps=requests / duration,
-        p50_ms=_ms(percentiles.get("50", "nan")),
-        p99_ms=_ms(percentiles.get("99", "nan")),
+        p50_ms=duration_ms(percentiles.get("50", "nan")),
+        p99_ms=duration_ms(percentiles.get("99", "nan")),
         errors=errors,
-        max_ms=_ms(latency.group(3)) if latency else float("nan"),
+        max_ms=duration_ms(latency.group(3)) if latency else float("nan"),
     )
 
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import run_wrk
+from bench.harness import duration_ms, run_wrk
 from bench.workloads import Workload
 
 GENERATORS = ("wrk", "h2load")
@@ -147,17 +147,10 @@ def _h2load(workload: Workload, port: int, cpus: str, seconds: float, connection
         rps=float(finished.group(2)),
         p50_ms=math.nan,  # h2load reports min, max, mean and sd only
         p99_ms=math.nan,
-        max_ms=_h2load_ms(times.group(2)) if times else math.nan,
+        max_ms=duration_ms(times.group(2)) if times else math.nan,
         errors=done - ok,
         load_cpu_share=0.0,
     )
-
-
-def _h2load_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not match:
-        return math.nan
-    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
 
 
 def _websocket(port: int, cpus: str, seconds: float, connections: int) -> LoadResult:

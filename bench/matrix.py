@@ -11,9 +11,8 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bench.harness import Server, cpu_seconds, free_port, process_tree, stop
+from bench.harness import Server, cpu_seconds, free_port, stop, tree_memory
 from bench.loadgen import SATURATED, run_load
 from bench.servers import ServerKind
 from bench.workloads import Workload
@@ -85,16 +84,6 @@ class Progress:
         sys.stderr.flush()
 
 
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings) -> dict:
     """Start the server, warm it up, load it, and read its CPU and memory; one run."""
     port = free_port()
@@ -118,7 +107,7 @@ def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settin
             settings.connections,
         )
         used = cpu_seconds(proc.pid) - before
-        pss_mb = sum(_pss_kb(pid) for pid in process_tree(proc.pid)) / 1024
+        pss_mb = tree_memory(proc.pid)["pss_kb"] / 1024
     finally:
         stop(proc)
     return {

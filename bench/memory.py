@@ -20,19 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.harness import Server, free_port, peer_python, process_tree, stop  # noqa: E402
-
-
-def memory(pid: int) -> dict[str, int]:
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, _, rest = line.partition(":")
-        fields[name] = int(rest.split()[0])
-    return {
-        "uss_kb": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
-        "pss_kb": fields.get("Pss", 0),
-        "rss_kb": fields.get("Rss", 0),
-    }
+from bench.harness import (  # noqa: E402
+    Server,
+    free_port,
+    memory,
+    peer_python,
+    process_tree,
+    stop,
+)
 
 
 def comm(pid: int) -> str:

@@ -31,11 +31,10 @@ from bench.harness import (  # noqa: E402
     free_port,
     load_parser,
     measure,
-    process_tree,
     stop,
     summarize,
+    tree_memory,
 )
-from bench.memory import memory  # noqa: E402
 
 MODES = {
     # --pin keeps even one process shard out of the in-process mode.
@@ -51,18 +50,6 @@ def argv(mode: str, port: int, shards: int) -> list[str]:
         sys.executable, "-m", "shardserve", "bench.apps:plaintext", "--host", "127.0.0.1",
         "--port", str(port), "--shards", str(shards), *MODES[mode], *PIPELINE, *extra,
     ]  # fmt: skip
-
-
-def tree_memory(pid: int) -> dict[str, int]:
-    total = {"uss_kb": 0, "pss_kb": 0}
-    for member in process_tree(pid):
-        try:
-            found = memory(member)
-        except OSError:
-            continue
-        total["uss_kb"] += found["uss_kb"]
-        total["pss_kb"] += found["pss_kb"]
-    return total
 
 
 def server_memory(mode: str, shards: int, requests: int) -> dict[str, int]:
