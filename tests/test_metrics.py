@@ -18,10 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 APP = "apps.echo:hello"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def metrics_port(server) -> int:
+    """The port the coordinator bound for ``--metrics 127.0.0.1:0`` (no free-port race)."""
+    return int(server.wait_for(r"Metrics and health on http://127\.0\.0\.1:(\d+)/metrics", 1)[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -57,9 +56,8 @@ def hit(server, count: int) -> None:
 
 
 def test_metrics_count_requests_per_shard_and_in_total(serve):
-    port = free_port()
-    server = serve(APP, "--shards", "2", "--metrics", f"127.0.0.1:{port}")
-    server.wait_for(rf"Metrics and health on http://127\.0\.0\.1:{port}/metrics", 1)
+    server = serve(APP, "--shards", "2", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     hit(server, 40)
     samples = wait_total(port, "shardserve_requests_total", 40)
     shards = per_shard(samples, "shardserve_shard_requests_total")
@@ -71,8 +69,8 @@ def test_metrics_count_requests_per_shard_and_in_total(serve):
 
 
 def test_counters_stay_monotonic_across_a_shard_restart(serve):
-    port = free_port()
-    server = serve(APP, "--shards", "2", "--metrics", f"127.0.0.1:{port}")
+    server = serve(APP, "--shards", "2", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     started = re.finditer(r"Started shard (\d) \[(\d+)\]", server.output)
     pids = {int(m[1]): int(m[2]) for m in started}
     hit(server, 30)
@@ -94,8 +92,8 @@ def test_counters_stay_monotonic_across_a_shard_restart(serve):
 
 
 def test_reloads_are_counted(serve):
-    port = free_port()
-    server = serve(APP, "--shards", "2", "--metrics", f"127.0.0.1:{port}")
+    server = serve(APP, "--shards", "2", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     hit(server, 10)
     server.signal(signal.SIGHUP)
     server.wait_for(r"Rolling restart complete\.", 15)
@@ -107,8 +105,8 @@ def test_reloads_are_counted(serve):
 
 
 def test_health_endpoints(serve):
-    port = free_port()
-    server = serve(APP, "--metrics", f"127.0.0.1:{port}")  # one shard: still supervised
+    server = serve(APP, "--metrics", "127.0.0.1:0")  # one shard: still supervised
+    port = metrics_port(server)
     base = f"http://127.0.0.1:{port}"
     assert httpx.get(base + "/healthz", timeout=5).status_code == 200
     assert httpx.get(base + "/readyz", timeout=5).status_code == 200
@@ -121,8 +119,8 @@ def test_health_endpoints(serve):
     "raw", [b"garbage\r\n\r\n", b"GET /metrics\r\n\r\n", b"x" * 20000, b"GET /healthz HTTP/1.1\r\n"]
 )
 def test_bad_requests_to_the_metrics_listener_do_not_disturb_serving(serve, raw):
-    port = free_port()
-    server = serve(APP, "--shards", "2", "--metrics", f"127.0.0.1:{port}")
+    server = serve(APP, "--shards", "2", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(raw)
         sock.shutdown(socket.SHUT_WR)  # an unfinished head ends here
@@ -175,8 +173,8 @@ def responses(samples: dict, name: str = "shardserve_responses_total") -> dict:
 
 
 def test_requests_are_counted_by_method_and_status_class(serve, backend):
-    port = free_port()
-    server = serve(METERED, "--http", backend, "--metrics", f"127.0.0.1:{port}")
+    server = serve(METERED, "--http", backend, "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     with httpx.Client(base_url=server.url, timeout=5) as client:
         for _ in range(3):
             assert client.get("/status?code=200").status_code == 200
@@ -201,8 +199,8 @@ def test_requests_are_counted_by_method_and_status_class(serve, backend):
 
 
 def test_bytes_in_and_out_are_exact(serve, backend):
-    port = free_port()
-    server = serve(METERED, "--http", backend, "--metrics", f"127.0.0.1:{port}")
+    server = serve(METERED, "--http", backend, "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     request = (
         b"POST /status?code=201 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -219,8 +217,8 @@ def test_bytes_in_and_out_are_exact(serve, backend):
 
 
 def test_latency_histogram_puts_slow_requests_in_their_bucket(serve):
-    port = free_port()
-    server = serve(METERED, "--metrics", f"127.0.0.1:{port}")
+    server = serve(METERED, "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     with httpx.Client(base_url=server.url, timeout=5) as client:
         for _ in range(4):
             assert client.get("/sleep?ms=30").text == "slept"
@@ -239,18 +237,18 @@ def test_latency_histogram_puts_slow_requests_in_their_bucket(serve):
 
 
 def test_errors_are_counted_by_kind(serve, backend):
-    port = free_port()
     server = serve(
         METERED,
         "--http",
         backend,
         "--metrics",
-        f"127.0.0.1:{port}",
+        "127.0.0.1:0",
         "--timeout-request-header",
         "1",
         "--limit-concurrency",
         "1",
     )
+    port = metrics_port(server)
     assert b" 400 " in exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
     assert b" 408 " in exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
     assert httpx.get(server.url + "/fail", timeout=5).status_code == 500
@@ -274,8 +272,8 @@ def test_errors_are_counted_by_kind(serve, backend):
 def test_websocket_connections_and_messages(serve):
     from websockets.sync.client import connect as ws_connect
 
-    port = free_port()
-    server = serve(METERED, "--metrics", f"127.0.0.1:{port}")
+    server = serve(METERED, "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     with ws_connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=5) as ws:
         for text in ("one", "two", "three"):
             ws.send(text)
@@ -294,8 +292,8 @@ def test_websocket_connections_and_messages(serve):
 
 
 def test_each_shard_reports_its_pid_mode_cpu_memory_and_uptime(serve):
-    port = free_port()
-    server = serve(METERED, "--shards", "2", "--metrics", f"127.0.0.1:{port}")
+    server = serve(METERED, "--shards", "2", "--metrics", "127.0.0.1:0")
+    port = metrics_port(server)
     pids = {m[1]: m[2] for m in re.finditer(r"Started shard (\d) \[(\d+)\]", server.output)}
     hit(server, 10)
 
@@ -315,3 +313,14 @@ def test_each_shard_reports_its_pid_mode_cpu_memory_and_uptime(serve):
         assert samples[("shardserve_shard_resident_memory_bytes", labels)] > 2**20
         assert samples[("shardserve_shard_uptime_seconds", labels)] > 0
         assert samples[("shardserve_shard_cpu_seconds_total", labels)] > 0
+
+
+def test_metrics_address_in_use_is_one_clear_line(serve):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = serve(APP, "--metrics", f"127.0.0.1:{port}", ready=False)
+        assert server.wait_exit(15) != 0
+    assert "Traceback" not in server.output, server.output
+    assert re.search(rf"--metrics 127\.0\.0\.1:{port}: .*in use", server.output), server.output

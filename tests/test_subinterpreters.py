@@ -467,17 +467,13 @@ def test_heartbeats_flow_from_subinterpreter_shards(serve):
 def test_subinterpreter_shards_report_their_own_cpu_and_no_memory_of_their_own(serve):
     """A subinterpreter shard's CPU is its thread's; its memory is the coordinator's
     process, so it reports none (and /metrics has no memory series for it)."""
-    import socket as _socket
-
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    with _socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     server = serve(
-        APP, "--shard-mode", "subinterpreter", "--shards", "2", "--metrics", f"127.0.0.1:{port}"
+        APP, "--shard-mode", "subinterpreter", "--shards", "2", "--metrics", "127.0.0.1:0"
     )
+    port = int(server.wait_for(r"Metrics and health on http://127\.0\.0\.1:(\d+)/metrics", 1)[1])
     coordinator = int(server.wait_for(r"coordinator pid (\d+)", 1).group(1))
     with httpx.Client() as client:
         for _ in range(50):

@@ -184,7 +184,13 @@ class Supervisor:
                     healthy=self._all_ready,
                     ready=lambda: self.running and not self.stopping,
                 )
-                await self.metrics.start()
+                try:
+                    await self.metrics.start()
+                except OSError as exc:
+                    self.metrics = None
+                    raise ListenError(
+                        f"--metrics {self.config.metrics}: {exc.strerror or exc}"
+                    ) from None
             self.control = ControlSocket(
                 self.config.control_socket,
                 {"status": self._status, "reload": self._reload, "stop": self._stop},
