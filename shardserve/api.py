@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, shards_from_environment
 from .coord.coordinator import Coordinator
 from .coord.placement import Placement
 from .envfile import load_env_file
@@ -17,6 +17,12 @@ def run(app: Any, placement: Placement | None = None, **options: Any) -> int:
     ``placement`` lists the shards and their CPUs (see coord/placement.py), e.g.
     ``Placement.physical_cores()``; without it, ``shards``, ``cpus`` and ``pin`` decide.
     """
+    if "workers" in options:  # uvicorn's name
+        if "shards" in options:
+            raise ConfigError("pass shards or workers, not both")
+        options["shards"] = options.pop("workers")
+    if "shards" not in options:
+        options.update(shards_from_environment())
     try:
         config = Config(app=app, **options)
     except TypeError as exc:

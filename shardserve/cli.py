@@ -1,17 +1,20 @@
 """The ``shardserve`` command, generated from the Config fields.
 
 Flags carry uvicorn's names; every option also reads ``SHARDSERVE_<NAME>`` from the
-environment.  Every failure before serving is reported as one line.
+environment (--shards, alias --workers, also uvicorn's ``WEB_CONCURRENCY``).  Every
+failure before serving is reported as one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .config import Config, config_fields
@@ -26,12 +29,15 @@ class ShardCount(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
         if isinstance(value, int) or value == "auto":
             return value
+        source = ""
+        if ctx is not None and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+            source = next((f" (from ${n})" for n in param.envvar if n in os.environ), "")
         try:
             count = int(value)
         except ValueError:
-            self.fail(f"{value!r} is not a number or 'auto'", param, ctx)
+            self.fail(f"{value!r}{source} is not a number or 'auto'", param, ctx)
         if count < 1:
-            self.fail(f"{count} is not a number of at least 1", param, ctx)
+            self.fail(f"{count}{source} is not a number of at least 1", param, ctx)
         return count
 
 
@@ -57,10 +63,10 @@ def _options() -> list[click.Option]:
     for field in config_fields():
         meta = field.metadata
         flag = "--" + (meta["flag"] or field.name).replace("_", "-")
-        envvar = f"{ENV_PREFIX}_{field.name.upper()}"
+        envvar = [f"{ENV_PREFIX}_{field.name.upper()}", *meta["env"]]
         python_type = hints[field.name]
         default = field.default if field.default is not dataclasses.MISSING else None
-        if python_type is bool:
+        if python_type in (bool, bool | None):
             decls = [f"{flag}/--no-{flag[2:]}"] if meta["negatable"] else [flag]
             options.append(
                 click.Option(
@@ -85,7 +91,7 @@ def _options() -> list[click.Option]:
         else:
             options.append(
                 click.Option(
-                    [flag, field.name],
+                    [flag, *meta["aliases"], field.name],
                     type=_click_type(python_type, meta),
                     default=default,
                     envvar=envvar,
@@ -100,7 +106,9 @@ def _options() -> list[click.Option]:
 def _serve(app: str, **values: Any) -> int:
     from .api import serve
 
-    values["headers"] = list(values["headers"])
+    for name, value in values.items():
+        if isinstance(value, tuple):  # (a repeated option)
+            values[name] = list(value)
     config = Config(app=app, **values)
     return serve(config)
 

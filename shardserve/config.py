@@ -37,10 +37,18 @@ def option(
     metavar: str | None = None,
     flag: str | None = None,
     kind: str | None = None,
+    aliases: tuple[str, ...] = (),
+    env: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Metadata for one field: how the CLI presents it."""
+    """Metadata for one field: how the CLI presents it.
+
+    ``aliases``: more flag names (uvicorn's); ``env``: more environment variables read
+    after ``SHARDSERVE_<NAME>`` (ones uvicorn honours).
+    """
     return {
         "flag": flag,
+        "aliases": aliases,
+        "env": env,
         "kind": kind,
         "help": help,
         "choices": choices,
@@ -212,8 +220,53 @@ class Config:
         default=None,
         metadata=option("Logging configuration file: .json, .yaml/.yml or .ini (fileConfig)."),
     )
+    use_colors: bool | None = field(
+        default=None,
+        metadata=option("Colour the log (default: when the output is a terminal).", negatable=True),
+    )
     env_file: str | None = field(
         default=None, metadata=option("Load environment variables from this file.")
+    )
+
+    # Development.
+    reload: bool = field(
+        default=False,
+        metadata=option(
+            "Watch the source and roll the shards onto new code when it changes "
+            "(development; needs watchfiles)."
+        ),
+    )
+    reload_dirs: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "Directory to watch with --reload (default: the current one); repeat for more.",
+            multiple=True,
+            flag="reload_dir",
+            metavar="DIR",
+        ),
+    )
+    reload_includes: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "Glob of files whose changes reload (besides '*.py'); repeat for more.",
+            multiple=True,
+            flag="reload_include",
+            metavar="GLOB",
+        ),
+    )
+    reload_excludes: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "Glob, directory or directory name whose changes never reload (besides "
+            "'.*', '.py[cod]', '.sw.*', '~*'); repeat for more.",
+            multiple=True,
+            flag="reload_exclude",
+            metavar="GLOB",
+        ),
+    )
+    reload_delay: float = field(
+        default=0.25,
+        metadata=option("Seconds to wait after one reload before the next.", minimum=0),
     )
 
     # TLS.
@@ -241,6 +294,8 @@ class Config:
             "by a cgroup CPU quota. One shard runs in this process; more run as processes.",
             kind="shards",
             metavar="N|auto",
+            aliases=("--workers",),
+            env=("WEB_CONCURRENCY",),
         ),
     )
     metrics: str | None = field(
@@ -335,6 +390,8 @@ class Config:
             from .coord.metrics import parse_address
 
             parse_address(self.metrics)
+        if self.reload:
+            self.check_reload_settings()
         for header in self.headers:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():
@@ -360,8 +417,34 @@ class Config:
         if not isinstance(self.app, str):
             raise ConfigError("subinterpreter shards need the app as an import string")
 
+    def check_reload_settings(self) -> None:
+        if not isinstance(self.app, str):
+            raise ConfigError("--reload needs the app as an import string ('module:attribute')")
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise ConfigError("--reload needs watchfiles: pip install watchfiles") from None
+        for directory in self.reload_dirs:
+            if not os.path.isdir(directory):
+                raise ConfigError(f"--reload-dir {directory}: no such directory")
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def shards_from_environment() -> dict[str, int | str]:
+    """uvicorn.run honours $WEB_CONCURRENCY when given no worker count; so does run()."""
+    meta = next(f for f in dataclasses.fields(Config) if f.name == "shards").metadata
+    for name in meta["env"]:
+        value = os.environ.get(name, "").strip()
+        if value:
+            if value == "auto":
+                return {"shards": value}
+            try:
+                return {"shards": int(value)}
+            except ValueError:
+                raise ConfigError(f"${name} {value!r}: expected a number of shards") from None
+    return {}
 
 
 def config_fields() -> list[dataclasses.Field]:

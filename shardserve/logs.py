@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import logging.config
@@ -22,11 +23,37 @@ LEVELS = {
 }
 
 
+# ANSI colours of the level names, as uvicorn colours them.
+LEVEL_COLOURS = {
+    "TRACE": "34",
+    "DEBUG": "36",
+    "INFO": "32",
+    "WARNING": "33",
+    "ERROR": "31",
+    "CRITICAL": "91",
+}
+
+
+def colour(text: str, code: str) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m"
+
+
 class LevelPrefixFormatter(logging.Formatter):
-    """'INFO:     message', as uvicorn users are used to reading."""
+    """'INFO:     message', as uvicorn users are used to reading; the level name
+    coloured when ``use_colors`` (configure_logging decides: on a terminal)."""
+
+    def __init__(self, fmt=None, datefmt=None, style="%", use_colors: bool = False) -> None:
+        super().__init__(fmt, datefmt, style)
+        self.use_colors = use_colors
+
+    def level_prefix(self, levelname: str) -> str:
+        padding = " " * max(8 - len(levelname), 0)
+        if self.use_colors and levelname in LEVEL_COLOURS:
+            return f"{colour(levelname, LEVEL_COLOURS[levelname])}:{padding}"
+        return f"{levelname}:{padding}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
-        record.__dict__["levelprefix"] = (record.levelname + ":").ljust(9)
+        record.__dict__["levelprefix"] = self.level_prefix(record.levelname)
         return super().formatMessage(record)
 
 
@@ -34,13 +61,22 @@ class DirectStreamHandler(logging.StreamHandler):
     """The default access-log handler: the access log writes its lines to this
     handler's stream itself (see shard/access_log.py) and flushes it once per tick."""
 
-    prefix = "INFO:     "
-
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.stream.write(self.format(record) + self.terminator)
         except Exception:
             self.handleError(record)
+
+    @property
+    def use_colors(self) -> bool:
+        return bool(getattr(self.formatter, "use_colors", False))
+
+    @property
+    def prefix(self) -> str:
+        """What starts each line the access log writes itself."""
+        if isinstance(self.formatter, LevelPrefixFormatter):
+            return self.formatter.level_prefix("INFO") + " "
+        return "INFO:     "
 
 
 DEFAULT_LOGGING = {
@@ -74,7 +110,10 @@ def configure_logging(config: Config) -> None:
     if config.log_config:
         _load_log_config(config.log_config)
     else:
-        logging.config.dictConfig(DEFAULT_LOGGING)
+        settings = copy.deepcopy(DEFAULT_LOGGING)
+        for name, stream in (("default", sys.stderr), ("access", sys.stdout)):
+            settings["formatters"][name]["use_colors"] = _colours(config.use_colors, stream)
+        logging.config.dictConfig(settings)
     if config.log_level:
         level = LEVELS[config.log_level]
         for name in ("shardserve", "shardserve.error", "shardserve.access"):
@@ -82,6 +121,16 @@ def configure_logging(config: Config) -> None:
     if not config.access_log:
         logging.getLogger("shardserve.access").handlers = []
         logging.getLogger("shardserve.access").propagate = False
+
+
+def _colours(use_colors: bool | None, stream) -> bool:
+    """--use-colors / --no-use-colors, else colours on a terminal only."""
+    if use_colors is not None:
+        return use_colors
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _load_log_config(path: str) -> None:

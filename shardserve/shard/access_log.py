@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 
-from ..logs import DirectStreamHandler
+from ..logs import DirectStreamHandler, colour
 
 FORMAT = '%s - "%s %s HTTP/%s" %d'
 # Characters per write: at most 4 bytes each in UTF-8, so within PIPE_BUF (4096).
 ATOMIC_WRITE = 1024
+# Status classes' ANSI colours, as uvicorn colours them.
+STATUS_COLOURS = {1: "97", 2: "32", 3: "33", 4: "31", 5: "91"}
 
 
 class AccessLog:
@@ -35,6 +37,8 @@ class AccessLog:
         ):
             self.stream = handlers[0].stream
             self.prefix = handlers[0].prefix
+            if handlers[0].use_colors:
+                self.log = self._log_coloured  # (the plain path stays as lean as it was)
 
     def log(self, client: tuple | None, method: str, path: str, version: str, status: int) -> None:
         address = f"{client[0]}:{client[1]}" if client else "-"
@@ -43,6 +47,15 @@ class AccessLog:
             self.lines.append(line)
         else:
             self.logger.info(FORMAT, address, method, path, version, status)
+
+    def _log_coloured(
+        self, client: tuple | None, method: str, path: str, version: str, status: int
+    ) -> None:
+        """uvicorn's colours: the request line bold, the status by its class."""
+        address = f"{client[0]}:{client[1]}" if client else "-"
+        request = colour(f"{method} {path} HTTP/{version}", "1")
+        shown = colour(str(status), STATUS_COLOURS.get(status // 100, "0"))
+        self.lines.append(f'{self.prefix}{address} - "{request}" {shown}\n')
 
     def log_websocket(self, client: tuple | None, path: str, outcome: str) -> None:
         """'"WebSocket /path" [accepted]' (or [403], ...), as uvicorn writes it."""
