@@ -507,3 +507,27 @@ def test_subinterpreter_shards_report_their_own_cpu_and_no_memory_of_their_own(s
         fields = stat.read().rsplit(")", 1)[1].split()
     process_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     assert sum(cpu.values()) <= process_cpu + 0.05, (cpu, process_cpu)
+
+
+def test_reload_replaces_subinterpreter_shards_with_fresh_interpreters(serve, tmp_path):
+    """--reload with subinterpreter shards: each new interpreter imports the edited
+    module afresh; broken code leaves the old interpreters serving."""
+    from test_reload import MODULE, Loop, app_source, dev_server, write
+
+    source = tmp_path / f"{MODULE}.py"
+    source.write_text(app_source("one"))
+    server = dev_server(serve, tmp_path, "--shard-mode", "subinterpreter", "--shards", "2")
+    loop = Loop(server.url + "/")
+    try:
+        saved = write(source, app_source("two"))
+        assert loop.first("two", saved) is not None, server.output
+        server.wait_for(r"Rolling restart complete\.", 10)
+        write(source, app_source("three", "def oops(:\n"))
+        server.wait_for(r"Not reloading: .*SyntaxError", 10)
+        time.sleep(0.5)
+        still = time.monotonic()
+        time.sleep(0.5)
+    finally:
+        loop.stop()
+    assert not loop.failures, loop.failures[:5]
+    assert {text for when, text in loop.answers if when >= still} == {"two"}

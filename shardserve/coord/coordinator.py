@@ -1,8 +1,8 @@
 """The coordinator: decides where shards run, creates the listeners, runs the shards.
 
-With the default ``--shards 1`` (and no pinning) it hosts that one shard in its own
-process and main thread, like a single uvicorn process; otherwise every shard is a
-process under the supervisor (supervisor.py).
+With the default ``--shards 1`` (and no pinning, metrics, control socket or reload)
+it hosts that one shard in its own process and main thread, like a single uvicorn
+process; otherwise every shard runs under the supervisor (supervisor.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ class Coordinator:
             from ..shard.tls import create_ssl_context
 
             _check_tls(config, create_ssl_context)
+        if not config.reload and (
+            config.reload_dirs or config.reload_includes or config.reload_excludes
+        ):
+            logger.warning("--reload-dir, --reload-include and --reload-exclude need --reload.")
         placement, reason = resolve_placement(config, self.placement)
         if (
             self.placement is None
@@ -39,6 +43,7 @@ class Coordinator:
             and config.shard_mode == "process"
             and config.metrics is None  # the coordinator's view needs a supervisor
             and config.control_socket is None
+            and not config.reload  # a reload replaces the shard: that is the supervisor's job
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor

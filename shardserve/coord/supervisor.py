@@ -46,6 +46,7 @@ from .control_socket import ControlSocket, status_report
 from .listeners import add_listener, bind_listeners, describe
 from .metrics import MetricsCollector, MetricsServer
 from .placement import Placement
+from .reloader import Reloader
 from .signals import StopSignals
 from .stats import StatsBook
 from .steering import attach_cpu_steering
@@ -157,6 +158,8 @@ class Supervisor:
         self.book = StatsBook()
         self.metrics: MetricsServer | None = None
         self.control: ControlSocket | None = None
+        self.reloader: Reloader | None = None
+        self.source_changed: asyncio.Event | None = None  # --reload: try starting again
         self.config_dict = dataclasses.asdict(config)
 
     # Running -----------------------------------------------------------------------------
@@ -202,7 +205,13 @@ class Supervisor:
                 if self.config.control_socket is not None:
                     raise ListenError(f"--control-socket {path}: {exc}") from None
                 logger.warning("No control socket (%s): %s", path, exc)
-            await self._start_all()
+            if self.config.reload:
+                self.source_changed = asyncio.Event()
+                self.reloader = Reloader(self.config, self._on_source_change)
+                self.reloader.start()
+            while await self._start_all() and not self.stopping:
+                await self.source_changed.wait()  # (--reload: after a fix, or a stop)
+                self.source_changed.clear()
             if not self.stopping:
                 self.running = True
                 watchdog = asyncio.create_task(self._watchdog())
@@ -210,6 +219,8 @@ class Supervisor:
                 watchdog.cancel()
             await self._shutdown()
         finally:
+            if self.reloader is not None:
+                await self.reloader.close()
             if self.metrics is not None:
                 await self.metrics.close()
             if self.control is not None:
@@ -233,7 +244,8 @@ class Supervisor:
             self.slots.append(Slot(spec.index, listeners, spec.cpus, spec.mode))
         self.where = describe(self.sockets[0], config.is_ssl)
 
-    async def _start_all(self) -> None:
+    async def _start_all(self) -> bool:
+        """Start every shard; True if one failed to start and --reload waits for a fix."""
         logger.info(
             "Starting %d shard%s (%s), coordinator pid %d",
             len(self.slots),
@@ -247,16 +259,48 @@ class Supervisor:
             slot.current = proc
             procs.append(proc)
         pending = {asyncio.ensure_future(_first(proc.ready, proc.exited)) for proc in procs}
-        while pending and not self.stopping:
+        failed = None
+        while pending and not self.stopping and failed is None:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for proc in procs:
-                if proc.exited.done() and proc.state != "ready":
-                    self._fail(f"shard {proc.index} failed to start: {_error_of(proc)}", proc)
-                    break
+            failed = next((p for p in procs if p.exited.done() and p.state != "ready"), None)
         for task in pending:
             task.cancel()
+        if failed is not None:
+            message = f"shard {failed.index} failed to start: {_error_of(failed)}"
+            if not self.config.reload:
+                self._fail(message, failed)
+                return False
+            logger.error("%s", message)
+            logger.info("Waiting for a change to the source to start again (--reload).")
+            await self._give_up_start(procs)
+            return True
         if not self.stopping:
             logger.info("shardserve running on %s (Press CTRL+C to quit)", self.where)
+        return False
+
+    async def _give_up_start(self, procs: list[ShardProcess]) -> None:
+        """Stop what did start, so that the next try starts every shard afresh."""
+        for proc in procs:
+            proc.expected_exit = True
+            if not proc.exited.done():
+                proc.kill("another shard failed to start")
+        for proc in procs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.exited), EXIT_MARGIN)
+        for slot in self.slots:
+            slot.current = None
+            slot.failures = 0
+
+    async def _on_source_change(self) -> None:
+        """--reload, once the changed app imports: roll the shards onto it."""
+        if not self.running:
+            if self.source_changed is not None:
+                self.source_changed.set()  # (nothing serves yet: start again)
+            return
+        while self.rolling and not self.stopping:
+            await asyncio.sleep(0.05)  # (a SIGHUP's roll may have loaded older code)
+        if not self.stopping:
+            await self.rolling_restart(together=True)
 
     def _status(self) -> dict:
         return status_report(self)
@@ -612,7 +656,9 @@ class Supervisor:
 
     # Rolling restart and resizing ---------------------------------------------------------
 
-    async def rolling_restart(self) -> None:
+    async def rolling_restart(self, together: bool = False) -> None:
+        """Replace every shard, one at a time (or ``together``: --reload, where waiting
+        for each in turn would serve old and new code side by side for longer)."""
         if self.rolling:
             logger.info("A rolling restart is already under way.")
             return
@@ -620,6 +666,12 @@ class Supervisor:
         self.book.count_reload()
         logger.info("Rolling restart of %d shards.", len(self.slots))
         try:
+            if together:
+                slots = [slot for slot in self.slots if not slot.busy]
+                replaced = await asyncio.gather(*(self._replace(slot) for slot in slots))
+                if all(replaced):
+                    logger.info("Rolling restart complete.")
+                return
             for slot in list(self.slots):
                 if self.stopping:
                     return
@@ -682,6 +734,8 @@ class Supervisor:
     def _begin_stop(self, force: bool = False) -> None:
         if not self.stopping:
             self.stopping = True
+            if self.source_changed is not None:
+                self.source_changed.set()  # (no longer waiting for a fix)
             for slot in self.slots:
                 if slot.current is not None:
                     slot.current.expected_exit = True

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ class Shard:
         config = self.config
         app = self.app
         if app is None or isinstance(app, str):
+            if config.reload:
+                # A .pyc written now could hide an edit made within the same second.
+                sys.dont_write_bytecode = True
             app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
         logger.info(
             "Started shard %d [%d] (http: %s, loop: %s)",
