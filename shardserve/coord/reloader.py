@@ -124,7 +124,7 @@ class Reloader:
     def start(self) -> None:
         shown = ", ".join(f"'{d}'" for d in self.dirs)
         logger.info("Will watch for changes in these directories: [%s]", shown)
-        self.task = asyncio.ensure_future(self._watch())
+        self.task = asyncio.ensure_future(self._watch_logging_errors())
 
     async def close(self) -> None:
         self.stop_event.set()
@@ -134,6 +134,14 @@ class Reloader:
                 await self.task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
                 pass
+
+    async def _watch_logging_errors(self) -> None:
+        try:
+            await self._watch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - serving goes on without reloading
+            logger.error("Reloading stopped: %s: %s", type(exc).__name__, exc)
 
     async def _watch(self) -> None:
         from watchfiles import awatch
@@ -153,7 +161,7 @@ class Reloader:
                 logger.error(
                     "Not reloading: %s. The shards keep serving the code they have; "
                     "save a fix to try again.",
-                    error,
+                    error.rstrip("."),
                 )
                 continue
             await self.roll()
