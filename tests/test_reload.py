@@ -194,6 +194,7 @@ def test_stopping_while_waiting_for_a_fix_is_clean(serve, tmp_path):
     server.wait_for(r"Waiting for a change to the source to start again", 15)
     assert server.stop() == 0
     assert "Traceback" not in server.output
+    assert server.output.count("Starting 1 shard") == 1, server.output  # no retry on the way out
 
 
 def test_files_outside_the_includes_do_not_reload(serve, tmp_path):

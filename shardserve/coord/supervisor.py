@@ -209,7 +209,7 @@ class Supervisor:
                 self.source_changed = asyncio.Event()
                 self.reloader = Reloader(self.config, self._on_source_change)
                 self.reloader.start()
-            while await self._start_all() and not self.stopping:
+            while not self.stopping and await self._start_all():
                 await self.source_changed.wait()  # (--reload: after a fix, or a stop)
                 self.source_changed.clear()
             if not self.stopping:
