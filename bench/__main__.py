@@ -51,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pin", action="store_true", help="pin shard i to the i-th server CPU (shardserve only)"
     )
+    parser.add_argument(
+        "--access-log", action="store_true", help="every server logs each request (to /dev/null)"
+    )
     parser.add_argument("--out", help="directory for the results (default bench/results/<time>)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     args = parser.parse_args(argv)
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         connections=args.connections,
         pin=args.pin,
+        access_log=args.access_log,
     )
     out = (
         Path(args.out) if args.out else ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")

@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_VENV = ROOT / ".bench-venv"
@@ -122,23 +124,40 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> N
     raise RuntimeError(f"server did not listen on port {port} within {timeout}s")
 
 
+def tail(log: IO[bytes], lines: int = 5) -> str:
+    """The last lines a child wrote to ``log``, as one string for an error message.
+    (pread: the child shares the file's offset, so seeking would move its writes.)"""
+    size = os.fstat(log.fileno()).st_size
+    text = os.pread(log.fileno(), 8192, max(0, size - 8192)).decode(errors="replace")
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
 @dataclass
 class Server:
     name: str
     argv: list[str]
     port: int
     root: Path = ROOT  # the source tree it runs from (another revision: checkout_of)
+    stderr: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     def start(self, cpus: str) -> subprocess.Popen:
+        """Start pinned to ``cpus`` and wait for the port.  stderr goes to a temporary
+        file, not a pipe nobody reads (a chatty server would fill it and stall); a
+        server that fails to start is stopped and its last stderr lines reported."""
         env = dict(os.environ, PYTHONPATH=str(self.root))
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - as long as the Server
         proc = subprocess.Popen(
             ["taskset", "-c", cpus, *self.argv],
             cwd=self.root,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
         )
-        wait_for_port(self.port, proc)
+        try:
+            wait_for_port(self.port, proc)
+        except RuntimeError as exc:
+            stop(proc)
+            raise RuntimeError(f"{self.name}: {exc}: {tail(self.stderr) or 'no stderr'}") from None
         return proc
 
 

@@ -31,6 +31,7 @@ class Settings:
     warmup: float = 1.0
     connections: int = 64
     pin: bool = False  # shard i pinned to the i-th server CPU (shardserve --pin --cpus)
+    access_log: bool = False  # every server logs each request (to /dev/null)
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Progress:
 def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings) -> dict:
     """Start the server, warm it up, load it, and read its CPU and memory; one run."""
     port = free_port()
-    argv = kind.command(workers, port, APP)
+    argv = kind.command(workers, port, APP, settings.access_log)
     if settings.pin:
         argv += ["--pin", "--cpus", ",".join(map(str, settings.server_cpus[:workers]))]
     server = Server(kind.name, argv, port)

@@ -50,7 +50,8 @@ def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict)
         f"{','.join(map(str, settings.server_cpus))}, {settings.generator} on CPUs "
         f"{','.join(map(str, settings.load_cpus))}; {settings.connections} connections; "
         f"{settings.runs} runs of {settings.seconds:g} s after {settings.warmup:g} s of "
-        "warm-up. Figures: median (min-max) over the runs.",
+        f"warm-up; access log {'on (to /dev/null)' if settings.access_log else 'off'}. "
+        "Figures: median (min-max) over the runs.",
         "",
     ]
     for workload in dict.fromkeys(cell.workload for cell in cells):

@@ -2,6 +2,8 @@
 
 Peers run from their own virtual environment (bench/harness.py peer_python, pinned
 versions), never from shardserve's; every server serves the same ``bench.apps:app``.
+With the access log on, every server writes its lines to stdout, which the bench
+sends to /dev/null: the cost measured is formatting and writing them, not a disk.
 """
 
 from __future__ import annotations
@@ -12,21 +14,24 @@ from dataclasses import dataclass
 
 from bench.harness import peer_python
 
+# (workers, port, app, access_log) -> argv
+Command = Callable[[int, int, str, bool], list[str]]
+
 
 @dataclass(frozen=True)
 class ServerKind:
     name: str
     description: str
-    command: Callable[[int, int, str], list[str]]  # (workers, port, app) -> argv
+    command: Command
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run here
     pins: bool = False  # can pin worker i to one CPU (python -m bench --pin)
 
 
-def _shardserve(mode: str) -> Callable[[int, int, str], list[str]]:
-    def command(count: int, port: int, app: str) -> list[str]:
+def _shardserve(*options: str) -> Command:
+    def command(count: int, port: int, app: str, access_log: bool) -> list[str]:
         argv = [sys.executable, "-m", "shardserve", app, "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--no-access-log", "--shards", str(count)]
-        return argv + (["--shard-mode", mode] if mode != "process" else [])
+        argv += ["--port", str(port), "--shards", str(count), *options]
+        return argv + ([] if access_log else ["--no-access-log"])
 
     return command
 
@@ -38,19 +43,24 @@ def _subinterpreters_unavailable() -> str | None:
     return None if reason is None else f"{reason} (run python -m bench with that Python)"
 
 
-def _uvicorn(count: int, port: int, app: str) -> list[str]:
-    argv = [peer_python(), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    return argv + ["--no-access-log"] + (["--workers", str(count)] if count > 1 else [])
+def _uvicorn(*options: str) -> Command:
+    def command(count: int, port: int, app: str, access_log: bool) -> list[str]:
+        argv = [peer_python(), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        argv += [*options, *([] if access_log else ["--no-access-log"])]
+        return argv + (["--workers", str(count)] if count > 1 else [])
+
+    return command
 
 
-def _granian(count: int, port: int, app: str) -> list[str]:
+def _granian(count: int, port: int, app: str, access_log: bool) -> list[str]:
     argv = [peer_python(), "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
-    return argv + ["--port", str(port), "--workers", str(count), app]
+    argv += ["--port", str(port), "--workers", str(count)]
+    return argv + (["--access-log"] if access_log else []) + [app]
 
 
-def _hypercorn(count: int, port: int, app: str) -> list[str]:
+def _hypercorn(count: int, port: int, app: str, access_log: bool) -> list[str]:
     argv = [peer_python(), "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
-    return argv + ["--workers", str(count)]
+    return argv + ["--workers", str(count)] + (["--access-logfile", "-"] if access_log else [])
 
 
 SERVERS: dict[str, ServerKind] = {
@@ -59,17 +69,40 @@ SERVERS: dict[str, ServerKind] = {
         ServerKind(
             "shardserve",
             "process shards (httptools, uvloop)",
-            _shardserve("process"),
+            _shardserve(),
+            pins=True,
+        ),
+        ServerKind(
+            "shardserve-h11",
+            "process shards on h11 and stdlib asyncio (the old fallback)",
+            _shardserve("--http", "h11", "--loop", "asyncio"),
+            pins=True,
+        ),
+        ServerKind(
+            "shardserve-python",
+            "process shards on the pure-Python parser and stdlib asyncio (no C extensions)",
+            _shardserve("--http", "python", "--loop", "asyncio"),
             pins=True,
         ),
         ServerKind(
             "shardserve-subinterpreter",
             "own-GIL subinterpreter shards (pure-Python parser, asyncio)",
-            _shardserve("subinterpreter"),
+            _shardserve("--shard-mode", "subinterpreter"),
             _subinterpreters_unavailable,
             pins=True,
         ),
-        ServerKind("uvicorn", "uvicorn --workers (httptools, uvloop)", _uvicorn),
+        ServerKind("uvicorn", "uvicorn --workers (its defaults: httptools, uvloop)", _uvicorn()),
+        # uvicorn's two WebSocket implementations by name (0.54's --ws auto picks sansio).
+        ServerKind(
+            "uvicorn-sansio",
+            "uvicorn --workers --ws websockets-sansio",
+            _uvicorn("--ws", "websockets-sansio"),
+        ),
+        ServerKind(
+            "uvicorn-websockets",
+            "uvicorn --workers --ws websockets (the legacy asyncio implementation)",
+            _uvicorn("--ws", "websockets"),
+        ),
         ServerKind("granian", "granian --workers --interface asgi", _granian),
         ServerKind("hypercorn", "hypercorn --workers", _hypercorn),
     )
