@@ -3,7 +3,8 @@
 ``app`` serves every workload of ``python -m bench`` (bench/workloads.py), by path:
 ``/`` the plaintext hello world, ``/json`` a 1 KB JSON document serialised per
 request, ``/echo`` the request body sent back (HTTP) or every message echoed
-(WebSocket), ``/stream`` 1 MB in 16 body messages.
+(WebSocket), ``/stream`` 1 MB in 16 body messages, and WebSocket ``/broadcast``
+each message sent to every subscriber (of this worker process).
 """
 
 import json
@@ -11,7 +12,7 @@ import json
 # The plaintext hello world: the README's example app, one definition.
 from examples.hello import app as plaintext
 
-__all__ = ["app", "plaintext", "websockets"]
+__all__ = ["app", "plaintext"]
 
 _subscribers: set = set()
 
@@ -30,7 +31,7 @@ _BINARY = b"application/octet-stream"
 
 async def app(scope, receive, send):
     if scope["type"] == "websocket":
-        await websockets(scope, receive, send)
+        await _websocket(scope, receive, send)
         return
     if scope["type"] != "http":
         return
@@ -64,10 +65,8 @@ async def app(scope, receive, send):
         await plaintext(scope, receive, send)
 
 
-async def websockets(scope, receive, send):
-    """/echo echoes each message; /broadcast sends each message to every subscriber."""
-    if scope["type"] != "websocket":
-        return
+async def _websocket(scope, receive, send):
+    """/broadcast sends each message to every subscriber; any other path echoes."""
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     if scope["path"] == "/broadcast":

@@ -1,4 +1,4 @@
-"""Load generators for `python -m bench`: wrk, h2load, and a websockets client.
+"""Load generators for `python -m bench`: wrk, h2load, and bench.wsload (WebSocket).
 
 Each runs pinned to the load CPUs and reports, beside the server-facing figures, how
 busy it was itself (its CPU time over its CPUs' time): a load generator near 100% is
@@ -7,6 +7,7 @@ the bottleneck, and its figure is not the server's.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import resource
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import duration_ms, run_wrk
+from bench.harness import ROOT, duration_ms, run_wrk
 from bench.workloads import Workload
 
 GENERATORS = ("wrk", "h2load")
@@ -64,12 +65,12 @@ def run_load(
     connections: int,
 ) -> LoadResult:
     """Drive ``workload`` at 127.0.0.1:``port`` for ``seconds``."""
+    if workload.websocket:  # (bench.wsload measures its own share, start-up left out)
+        return _websocket(workload, port, load_cpus, seconds, connections)
     cpus = ",".join(map(str, load_cpus))
     before = _children_cpu()  # (the generator is a child; its CPU counts once it exits)
     started = time.monotonic()
-    if workload.websocket:
-        result = _websocket(port, cpus, seconds, connections)
-    elif generator == "wrk":
+    if generator == "wrk":
         result = _wrk(workload, port, cpus, seconds, connections, len(load_cpus))
     else:
         result = _h2load(workload, port, cpus, seconds, connections, len(load_cpus))
@@ -104,6 +105,7 @@ def _wrk(workload: Workload, port: int, cpus: str, seconds: float, connections: 
         script = _POST_LUA % workload.body_size
     if workload.new_connection:
         extra += ["-H", "Connection: close"]
+    extra += [arg for field in workload.headers for arg in ("-H", field)]
     with tempfile.TemporaryDirectory() as tmp:
         if script is not None:
             path = Path(tmp) / "workload.lua"
@@ -126,6 +128,7 @@ def _h2load(workload: Workload, port: int, cpus: str, seconds: float, connection
         raise LoadError("h2load keeps its connections open: use --load-generator wrk")
     argv = ["taskset", "-c", cpus, tool, "--h1", f"-c{max(connections, threads)}"]
     argv += [f"-t{threads}", f"-D{int(seconds)}", f"-m{workload.pipeline}"]
+    argv += [arg for field in workload.headers for arg in ("-H", field)]
     with tempfile.TemporaryDirectory() as tmp:
         if workload.method == "POST":
             body = Path(tmp) / "body"
@@ -153,15 +156,16 @@ def _h2load(workload: Workload, port: int, cpus: str, seconds: float, connection
     )
 
 
-def _websocket(port: int, cpus: str, seconds: float, connections: int) -> LoadResult:
-    """Round trips by the client of bench/websocket.py, in a child pinned to ``cpus``."""
-    script = Path(__file__).with_name("websocket.py")
-    argv = ["taskset", "-c", cpus, sys.executable, str(script), "--load", "echo", str(port)]
-    argv += [str(connections), str(seconds)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+def _websocket(workload: Workload, port: int, load_cpus: list[int], seconds: float,
+               connections: int) -> LoadResult:  # fmt: skip
+    """Round trips or deliveries by bench.wsload: one client process per load CPU."""
+    cpus = ",".join(map(str, load_cpus))
+    argv = ["taskset", "-c", cpus, sys.executable, "-m", "bench.wsload", workload.path[1:]]
+    argv += [str(port), f"--connections={connections}", f"--seconds={seconds}", f"--cpus={cpus}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, cwd=ROOT)
     if out.returncode != 0:
         raise LoadError(f"the WebSocket client failed: {out.stderr.strip().splitlines()[-1:]}")
-    import json
-
-    count = json.loads(out.stdout.strip().splitlines()[-1])["count"]
-    return LoadResult(count, seconds, count / seconds, math.nan, math.nan, math.nan, 0, 0.0)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    latency = [math.nan if found[k] is None else found[k] for k in ("p50_ms", "p99_ms", "max_ms")]
+    return LoadResult(found["count"], found["seconds"], found["rate"], *latency, found["errors"],
+                      found["load_cpu_share"])  # fmt: skip

@@ -82,7 +82,9 @@ def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict)
         "load-bound: the load generator used 90% or more of its CPUs, so the server "
         "could have gone faster; its figure is not shown. Server CPU covers the whole "
         "process tree (coordinator or master included); PSS is the tree's, divided by the "
-        "worker count."
+        "worker count. WebSocket rows count echo round trips (websocket) or messages "
+        "received by subscribers (websocket-broadcast) instead of requests; their load is "
+        "bench.wsload, one client process per load CPU."
     )
     return "\n".join(lines) + "\n"
 

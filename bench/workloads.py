@@ -1,8 +1,8 @@
 """What `python -m bench` asks of a server: each workload, defined once.
 
 Every workload is served by ``bench.apps:app`` (the same app under every server);
-HTTP workloads are driven by wrk or h2load, WebSocket ones by a websockets client
-(bench/loadgen.py).
+HTTP workloads are driven by wrk or h2load, WebSocket ones by bench/wsload.py in the
+mode named by the path (bench/loadgen.py runs them).
 """
 
 from __future__ import annotations
@@ -20,12 +20,34 @@ class Workload:
     pipeline: int = 1  # requests written back to back on a connection
     new_connection: bool = False  # Connection: close, so one connection per request
     websocket: bool = False
+    headers: tuple[str, ...] = ()  # request header fields beyond Host ("Name: value")
+
+
+# What a browser sends for a page, less cookies: with Host, 12 fields, 460 bytes of head.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-GB,en;q=0.5",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Referer: http://127.0.0.1/index.html",
+    "Upgrade-Insecure-Requests: 1",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-User: ?1",
+    "Priority: u=0, i",
+)
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload("plaintext", "GET /: 'Hello, world!' (13 bytes), keep-alive"),
+        Workload(
+            "plaintext-browser",
+            "GET / with the 12 header fields a browser sends (460 bytes of head)",
+            headers=BROWSER_HEADERS,
+        ),
         Workload("json", "GET /json: about 1 KB of JSON, serialised per request", path="/json"),
         Workload(
             "post-10k",
@@ -47,8 +69,14 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "websocket",
-            "WebSocket /echo: 32-byte text messages, each waiting for its echo",
+            "WebSocket /echo: 32-byte text messages, each waiting for its echo (round trips)",
             path="/echo",
+            websocket=True,
+        ),
+        Workload(
+            "websocket-broadcast",
+            "WebSocket /broadcast: 32-byte messages to every subscriber (deliveries)",
+            path="/broadcast",
             websocket=True,
         ),
     )
