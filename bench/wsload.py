@@ -10,9 +10,9 @@ object.  Modes, named after the ``bench.apps:app`` path they use:
 
 - echo: each connection sends a 32-byte text message and waits for its echo, in a
   loop: round trips per second, and each round trip's latency;
-- broadcast: every connection subscribes; one per child also sends, a new message
-  each time its last one came back to it: messages delivered (received by any
-  subscriber) per second.  The app fans out to the subscribers of its own worker.
+- broadcast: every connection subscribes; one per child also sends, keeping a few
+  messages on their way: messages delivered (received by any subscriber) per second.
+  The app fans out to the subscribers of its own worker.
 
 Compression is off (no per-message-deflate offered), as in every server's default
 handshake with such a client.
@@ -38,6 +38,7 @@ from shardserve.coord.placement import parse_cpu_list  # noqa: E402
 
 MODES = ("echo", "broadcast")
 MESSAGE = "x" * 32
+IN_FLIGHT = 4  # broadcast messages a sender has sent and not yet seen come back
 
 
 # One child: its share of the connections on one CPU -------------------------------------
@@ -59,12 +60,17 @@ async def _listen(ws: Any, counts: list[int], i: int) -> None:
 
 
 async def _send(ws: Any, counts: list[int], i: int) -> None:
-    """Send, then read (counting) until this message came back: paced by the server."""
-    for seq in range(1, sys.maxsize):
-        text = f"{os.getpid()}:{seq}:".ljust(len(MESSAGE), "x")
-        await ws.send(text)
-        while await ws.recv() != text:
-            counts[i] += 1
+    """Keep IN_FLIGHT messages on their way: send a new one each time one of this
+    sender's comes back (counting all it reads), so the server sets the pace, not a
+    round trip."""
+    tag = f"{os.getpid()}:"
+    sent = 0
+    while True:
+        while sent < IN_FLIGHT:
+            await ws.send(f"{tag}{counts[i]}:".ljust(len(MESSAGE), "x"))
+            sent += 1
+        if (await ws.recv()).startswith(tag):
+            sent -= 1
         counts[i] += 1
 
 
