@@ -10,7 +10,7 @@ No kernel time is included, so this measures only shardserve's own Python work.
     # run twice (e.g. 3200 and 12800 requests) and divide the difference by 9600.
 
 Not a benchmark to quote: the real figure is server CPU per request under wrk
-(bench/plaintext.py).
+(python -m bench).
 """
 
 from __future__ import annotations
