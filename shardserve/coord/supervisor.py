@@ -5,7 +5,8 @@ loses only the connections it had accepted; those queued wait for its replacemen
 forks shards through the template process, and speaks to each over its control
 channel.  Where shards are restarted: ``_on_exit`` (crashes, with backoff),
 ``_replace`` (rolling restart, --limit-max-requests, heartbeat watchdog kills are
-crashes).  Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard.
+crashes).  Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard;
+--reload rolls on a source change (reloader.py).
 """
 
 from __future__ import annotations
