@@ -179,6 +179,14 @@ class Config:
             minimum=0,
         ),
     )
+    timeout_request_body: float = field(
+        default=60.0,
+        metadata=option(
+            "Close a connection whose request body sends nothing for this many seconds "
+            "while the app waits for it (the app gets http.disconnect); 0: no limit.",
+            minimum=0,
+        ),
+    )
     timeout_graceful_shutdown: float | None = field(
         default=None,
         metadata=option(
@@ -195,6 +203,25 @@ class Config:
     limit_max_requests: int | None = field(
         default=None,
         metadata=option("Stop a shard after it has served this many requests.", minimum=1),
+    )
+    limit_max_rss: int | None = field(
+        default=None,
+        metadata=option(
+            "Replace a shard whose resident memory stays above this many MB (MiB) for 3 s "
+            "(successor ready first, then it drains). Process shards only.",
+            minimum=1,
+            metavar="MB",
+        ),
+    )
+    limit_request_body: int | None = field(
+        default=None,
+        metadata=option(
+            "Largest request body accepted, in bytes: a larger declared Content-Length is "
+            "answered 413 before the app runs; a chunked body that grows past it ends "
+            "with http.disconnect (and 413 if no response began). Default: no limit.",
+            minimum=0,
+            metavar="BYTES",
+        ),
     )
     limit_request_line: int = field(
         default=8190,
@@ -384,6 +411,11 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
                 raise ConfigError(f"{flag} {value}: expected a finite number")
+        if self.shard_mode == "subinterpreter" and self.limit_max_rss is not None:
+            raise ConfigError(
+                "--limit-max-rss cannot apply to subinterpreter shards: they share one "
+                "process, so no shard's memory can be measured alone; use --shard-mode process"
+            )
         if self.shard_mode == "subinterpreter":
             self.check_subinterpreter_settings()
         if self.metrics is not None:

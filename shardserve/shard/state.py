@@ -131,6 +131,8 @@ class ShardState:
         self.requests_left = config.limit_max_requests
         self.timeout_keep_alive = config.timeout_keep_alive
         self.timeout_request_header = config.timeout_request_header
+        self.timeout_request_body = config.timeout_request_body  # 0: off
+        self.limit_request_body = config.limit_request_body
         access_logger = logging.getLogger("shardserve.access")
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
         self.access_logger = AccessLog(access_logger)

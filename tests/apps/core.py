@@ -167,6 +167,15 @@ async def app(scope, receive, send):
         print(f"AFTER {tag} {kind} {elapsed_ms}", flush=True)
         return
 
+    if path == "/slow-read":
+        # Busy for a while before it reads the body: the client waits on the app.
+        await asyncio.sleep(float(query.get("delay", "1")))
+        body, _ = await _read_body(receive)
+        size = str(len(body)).encode()
+        await _start(send, 200, [(b"content-length", str(len(size)).encode())])
+        await send({"type": "http.response.body", "body": size})
+        return
+
     if path == "/close":
         await _start(send, 200, [(b"content-length", b"3"), (b"connection", b"close")])
         await send({"type": "http.response.body", "body": b"bye"})

@@ -171,6 +171,7 @@ class RequestCycle:
                 self._send_continue_if_expected()
             if conn.read_paused:
                 conn.maybe_resume_reading()
+            conn.wait_for_body()
         waiter = self.waiter
         if waiter is None or waiter.done():
             waiter = self.waiter = conn.loop.create_future()
@@ -299,6 +300,8 @@ class RequestCycle:
             self.state = STREAMING
             head = self.head
             self.head = None
+            if self.request == BODY_MORE and self.keep_alive:
+                self._close_after(head)
             if len(data) < 65536:
                 head.append(data)
                 data = b"".join(head)
@@ -321,6 +324,25 @@ class RequestCycle:
                 conn.response_done(self)
                 raise RuntimeError("Response content shorter than Content-Length")
             conn.response_done(self)
+
+    def _close_after(self, head: list[bytes]) -> None:
+        """The response begins before the request body has all arrived: whatever the
+        app does with the rest, the connection ends after this response (a client
+        could otherwise hold it, and us, by never sending the body it declared)."""
+        self.keep_alive = False
+        if head[-2] is _KEEP_ALIVE:
+            head[-2] = _CLOSE
+        else:
+            head.insert(-1, _CLOSE)
+
+    def answered(self, status: int) -> None:
+        """The server answered this exchange itself (a rejection of its body): the
+        app's response is no longer wanted, and it gets http.disconnect."""
+        self.status = status
+        self.state = COMPLETE
+        self.keep_alive = False
+        self.wake()
+        self.conn.response_done(self)
 
 
 _rendered_get = _rendered.get

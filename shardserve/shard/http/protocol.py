@@ -38,11 +38,17 @@ FIRST_BUCKET = LATENCY_BUCKETS[0]
 NO_TIMER = 0
 IDLE = 1  # between requests (keep-alive)
 READING_HEAD = 2  # part of a request head has arrived
+READING_BODY = 3  # the app waits for request body that has not come
+LINGERING = 4  # answered and half-closed: discarding what the client still sends
 
 # Pipelined requests a connection may queue before it stops reading.
 MAX_PIPELINE = 16
-# Request body a connection discards after an early response before it gives up.
-MAX_DISCARD = 4 * 1024 * 1024
+# After a response that ends the connection while the client may still be sending
+# (an early answer to an upload, a rejection), the connection reads and discards for
+# up to this long and this much before it closes: closing with unread input resets
+# the connection, and a client still sending could lose the answer to the reset.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 # stdlib asyncio's socket transport reads with recv(256 KiB): CPython allocates that
 # much per read and shrinks it.  Until glibc's dynamic mmap threshold has risen past
@@ -75,7 +81,8 @@ class HttpConnection(asyncio.Protocol):
         "timer",
         "timer_since",
         "rejection",
-        "discarded",
+        "body_limit",
+        "body_received",
         "start",
         "close_starter",
         "ready",
@@ -100,7 +107,8 @@ class HttpConnection(asyncio.Protocol):
         self.timer = IDLE
         self.timer_since = shard.now
         self.rejection = b""
-        self.discarded = 0
+        self.body_limit = shard.limit_request_body  # None: no limit
+        self.body_received = 0  # of the body being parsed, counted only with a limit
         self.start, self.close_starter = eager_starter(self.loop)
         self.ready: RequestCycle | None = None  # parsed, to be started once feeding ends
         self.feeding = False
@@ -161,7 +169,9 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets the answer (not on TLS,
         # which cannot half-close); mid-request, or when idle, the connection ends.
-        if self.cycle is None or self.parsing is not None or self.scheme == "https":
+        if self.closed or self.cycle is None or self.parsing is not None:
+            return None
+        if self.scheme == "https":
             return None
         self.draining = True
         return True
@@ -211,6 +221,9 @@ class HttpConnection(asyncio.Protocol):
         limit = shard.limit_concurrency
         if limit is not None and (len(shard.connections) > limit or shard.active_requests >= limit):
             raise ParseError(503, "concurrency limit reached")
+        if self.body_limit is not None:
+            _check_declared_length(headers, self.body_limit)
+            self.body_received = 0
         if target[0] == 47:  # b"/": origin-form, nearly always
             raw_path, _, query = target.partition(b"?")
         else:
@@ -247,14 +260,15 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         cycle = self.parsing
+        if self.body_limit is not None:
+            self.body_received += len(chunk)
+            if self.body_received > self.body_limit:
+                raise ParseError(413, "request body larger than --limit-request-body")
         if cycle.state == COMPLETE:
-            # Answered already: drop the rest of the body, up to a point.
-            self.discarded += len(chunk)
-            if self.discarded > MAX_DISCARD:
-                self.close()
-            return
+            return  # answered already (the connection is closing): nobody reads this
         body = cycle.body = cycle.body + chunk if cycle.body else chunk
         if cycle.waiter is not None:
+            self.timer = NO_TIMER  # (READING_BODY: the body moves)
             cycle.wake()
         if len(body) > READ_HIGH_WATER and not self.read_paused:
             self.pause_reading()
@@ -262,9 +276,9 @@ class HttpConnection(asyncio.Protocol):
     def on_request_end(self) -> None:
         cycle = self.parsing
         self.parsing = None
-        self.discarded = 0
         cycle.request = BODY_ENDED
         if cycle.waiter is not None:
+            self.timer = NO_TIMER
             cycle.wake()
         if self.cycle is None:
             self.timer = IDLE
@@ -313,7 +327,10 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is not cycle:
             return
         if not cycle.keep_alive or self.draining or self.closed:
-            self.close()
+            if self.parsing is not None:
+                self.close_lingering()  # answered before the request body ended
+            else:
+                self.close()
             return
         self.cycle = None
         if self.pipeline:
@@ -325,7 +342,7 @@ class HttpConnection(asyncio.Protocol):
         elif self.rejection:
             self.transport.write(self.rejection)
             counters.bytes_out += len(self.rejection)
-            self.close()
+            self.close_lingering()
             return
         elif self.parsing is None:
             self.timer = IDLE
@@ -366,12 +383,21 @@ class HttpConnection(asyncio.Protocol):
             self.ready = None
             if cycle is parsing:
                 self.cycle = cycle = None
-        if cycle is None or cycle is parsing:
-            # Nothing owed first, or the running request itself is malformed.
-            if cycle is None or cycle.state < STREAMING:
+        if cycle is None:  # nothing owed first
+            self.transport.write(self.rejection)
+            counters.bytes_out += len(self.rejection)
+            self.close_lingering()
+        elif cycle is parsing:
+            # The running request itself is malformed (or too large): its app gets
+            # http.disconnect, and the client the rejection unless a response began.
+            if cycle.state < STREAMING:
                 self.transport.write(self.rejection)
                 counters.bytes_out += len(self.rejection)
-            self.close()
+                self.close_lingering()
+                cycle.answered(status)
+            else:
+                self.close()
+                cycle.wake()
         elif parsing is not None:
             self.pipeline.remove(parsing)  # it can never complete: never answer it
 
@@ -380,10 +406,28 @@ class HttpConnection(asyncio.Protocol):
         if timer == IDLE:
             if now - self.timer_since >= self.shard.timeout_keep_alive:
                 self.close()
-        elif timer == READING_HEAD and now - self.timer_since >= self.shard.timeout_request_header:
-            self.counters.timeouts += 1
+        elif timer == READING_HEAD:
+            if now - self.timer_since >= self.shard.timeout_request_header:
+                self.counters.timeouts += 1
+                self.timer = NO_TIMER
+                self.reject(408, "request head not received in time")
+        elif timer == READING_BODY:
+            limit = self.shard.timeout_request_body
+            if limit and now - self.timer_since >= limit:
+                self.counters.timeouts += 1
+                logger.debug("Request body stalled for %g s: closing", limit)
+                self.close()
+                if self.cycle is not None:
+                    self.cycle.wake()  # its app's receive() gets http.disconnect
+        elif timer == LINGERING and now - self.timer_since >= LINGER_SECONDS:
             self.timer = NO_TIMER
-            self.reject(408, "request head not received in time")
+            self.transport.close()
+
+    def wait_for_body(self) -> None:
+        """The app waits for request body: from now on the client has
+        --timeout-request-body to send some."""
+        self.timer = READING_BODY
+        self.timer_since = self.shard.now
 
     def close_when_idle(self) -> None:
         """Close now if idle, else after the response in flight (graceful shutdown)."""
@@ -446,6 +490,26 @@ class HttpConnection(asyncio.Protocol):
             self.timer = NO_TIMER
             self.transport.close()
 
+    def close_lingering(self) -> None:
+        """Close, but let the client finish sending first (bounded): half-close after
+        what was written, then read and discard for up to LINGER_SECONDS and
+        LINGER_BYTES, so that the answer is not lost to a reset.  TLS cannot
+        half-close: it closes at once."""
+        if self.closed:
+            return
+        transport = self.transport
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self.closed = True
+        self.parser = _Lingering(transport)
+        self.timer = LINGERING
+        self.timer_since = self.shard.now
+        transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
 
 class _DiscardParser:
     """Stands in for the parser once a connection is condemned: input is ignored."""
@@ -456,6 +520,30 @@ class _DiscardParser:
 
 
 _Discard = _DiscardParser()
+
+
+class _Lingering:
+    """Stands in for the parser while a connection lingers: input is counted and
+    dropped, and past LINGER_BYTES the connection closes."""
+
+    __slots__ = ("transport", "left")
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.left = LINGER_BYTES
+
+    def feed(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.transport.close()
+
+
+def _check_declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """--limit-request-body: a declared Content-Length above it is refused (413)
+    before the app runs.  (The parser has checked the value is digits.)"""
+    for name, value in headers:
+        if name == b"content-length" and int(value) > limit:
+            raise ParseError(413, "request body larger than --limit-request-body")
 
 
 def websocket_scope(http_scope: dict) -> dict:
@@ -481,6 +569,10 @@ def _split_other_target(method: str, target: bytes) -> tuple[bytes, bytes]:
     """absolute-form ('http://host/p?q'), asterisk-form ('*') or authority-form (CONNECT)."""
     if target == b"*" and method == "OPTIONS":
         return b"*", b""
+    if method == "CONNECT":
+        # A well-formed CONNECT (the parser checked its host:port) asks for a tunnel,
+        # which ASGI has no way to serve: not the client's error.
+        raise ParseError(501, "CONNECT is not supported")
     scheme, sep, rest = target.partition(b"://")
     if sep and scheme.lower() in (b"http", b"https"):
         slash = rest.find(b"/")
