@@ -1,8 +1,8 @@
 """The coordinator: decides where shards run, creates the listeners, runs the shards.
 
-With the default ``--shards 1`` (and no pinning, metrics, control socket or reload)
-it hosts that one shard in its own process and main thread, like a single uvicorn
-process; otherwise every shard runs under the supervisor (supervisor.py).
+With the default ``--shards 1`` (and no pinning, metrics, control socket, reload or
+--limit-max-rss) it hosts that one shard in its own process and main thread, like a
+single uvicorn process; otherwise every shard runs under the supervisor (supervisor.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Coordinator:
             and config.metrics is None  # the coordinator's view needs a supervisor
             and config.control_socket is None
             and not config.reload  # a reload replaces the shard: that is the supervisor's job
+            and config.limit_max_rss is None  # so does --limit-max-rss: someone must start it
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor

@@ -140,7 +140,9 @@ class MetricsCollector:
         yield from self._shard_details(GaugeMetricFamily)
 
         restarts = CounterMetricFamily(
-            "shardserve_shard_restarts", "shards that exited unexpectedly", labels=["cause"]
+            "shardserve_shard_restarts",
+            "shards restarted: unexpected exits by cause, and 'memory' (--limit-max-rss)",
+            labels=["cause"],
         )
         for cause, count in sorted(book.restarts.items()):
             restarts.add_metric([cause], count)

@@ -116,8 +116,9 @@ class StatsBook:
         # (during a rolling restart an old one drains beside its successor).
         self.live: dict[tuple[int, int], Stats] = {}
         self.carried: dict[int, Tally] = {}  # shard index -> ended generations' counts
-        self.restarts: dict[str, int] = {}  # cause -> unexpected shard exits
-        self.restarts_of: dict[int, int] = {}  # shard index -> unexpected exits
+        # cause -> restarts: unexpected exits, and replacements for memory (--limit-max-rss)
+        self.restarts: dict[str, int] = {}
+        self.restarts_of: dict[int, int] = {}  # shard index -> restarts
         self.reloads = 0
         self.version = 0  # grows with every change: readers may cache what they made
         self.history: dict[int, deque[Point]] = {}  # shard index -> recent points

@@ -4,9 +4,10 @@ The supervisor owns every listening socket for its whole life (so a shard that d
 loses only the connections it had accepted; those queued wait for its replacement),
 forks shards through the template process, and speaks to each over its control
 channel.  Where shards are restarted: ``_on_exit`` (crashes, with backoff),
-``_replace`` (rolling restart, --limit-max-requests, heartbeat watchdog kills are
-crashes).  Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard;
---reload rolls on a source change (reloader.py).
+``_replace`` (rolling restart, --limit-max-requests, --limit-max-rss from
+``_check_memory``; heartbeat watchdog kills are crashes).  Signals: INT/TERM stop,
+HUP rolls, TTIN/TTOU add or remove a shard; --reload rolls on a source change
+(reloader.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import random
 import signal
@@ -61,6 +63,9 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 EXIT_MARGIN = 5.0  # beyond the graceful timeout, before a draining shard is killed
 REPLACEMENT_START_TIMEOUT = 120.0  # a successor not ready by then is given up
+MIB = 2**20  # --limit-max-rss counts MB as `shardserve status` shows them: MiB
+RSS_SAMPLES = 3  # consecutive Stats (one a second) above --limit-max-rss: replace the shard
+RSS_RETRY_SECONDS = 30.0  # after a memory replacement failed to start, before trying again
 
 
 class ShardFailed(StartupError):
@@ -89,6 +94,9 @@ class ShardProcess:
         self.fatal: Fatal | None = None
         self.stats: Stats | None = None
         self.kill_reason = ""
+        self.rss_over = 0  # consecutive Stats with rss_bytes above --limit-max-rss
+        self.rss_replacing = False  # a replacement for memory is under way
+        self.rss_retry_at = 0.0  # (monotonic) not before: the last one failed to start
 
     def send(self, message) -> None:
         if self.channel is not None:
@@ -180,6 +188,13 @@ class Supervisor:
                 preflight(config.app, config.factory, config.app_dir)
             if any(slot.mode == "process" for slot in self.slots):
                 await self._start_template()  # before any interpreter: see BRIEF
+            unmeasured = [slot.index for slot in self.slots if slot.mode == "subinterpreter"]
+            if self.config.limit_max_rss is not None and unmeasured:
+                logger.warning(
+                    "--limit-max-rss does not apply to subinterpreter shards (%s): they "
+                    "share the coordinator's process.",
+                    ", ".join(map(str, unmeasured)),
+                )
             self._install_signal_handlers()
             if self.config.metrics is not None:
                 self.metrics = MetricsServer(
@@ -512,6 +527,8 @@ class Supervisor:
                 return
             proc.stats = message
             proc.last_beat = now
+            if self.config.limit_max_rss is not None:
+                self._check_memory(proc, message, now)
         elif isinstance(message, Ready):
             if message.pid != proc.pid:
                 self._on_bad_message(proc, MessageError(f"ready from pid {message.pid}"))
@@ -528,6 +545,50 @@ class Supervisor:
             proc.fatal = message
         else:
             self._on_bad_message(proc, MessageError(f"a shard may not send {message.TAG!r}"))
+
+    def _check_memory(self, proc: ShardProcess, stats: Stats, now: float) -> None:
+        """--limit-max-rss: replace a shard whose RSS stays above the limit for
+        RSS_SAMPLES consecutive Stats (as a rolling restart replaces it)."""
+        limit = self.config.limit_max_rss
+        if stats.rss_bytes is None:  # (a subinterpreter shard: no memory of its own)
+            return
+        if stats.rss_bytes <= limit * MIB:
+            proc.rss_over = 0
+            return
+        proc.rss_over += 1
+        slot = proc.slot
+        if (
+            proc.rss_over < RSS_SAMPLES
+            or proc.rss_replacing
+            or now < proc.rss_retry_at
+            or proc.state != "ready"
+            or slot.current is not proc
+            or slot.busy  # (being restarted or rolled: it is replaced anyway)
+            or not self.running
+            or self.stopping
+        ):
+            return
+        logger.warning(
+            "Replacing %s: RSS %d MB above --limit-max-rss %d MB for %d s.",
+            proc.describe(),
+            math.ceil(stats.rss_bytes / MIB),
+            limit,
+            proc.rss_over,
+        )
+        proc.rss_replacing = True
+        asyncio.ensure_future(self._replace_for_memory(slot, proc))
+
+    async def _replace_for_memory(self, slot: Slot, proc: ShardProcess) -> None:
+        if await self._replace(slot, cause="memory") or slot.current is not proc:
+            return
+        proc.rss_replacing = False
+        proc.rss_retry_at = time.monotonic() + RSS_RETRY_SECONDS
+        if not self.stopping and not proc.exited.done():
+            logger.info(
+                "%s stays; replacing it again in %.0f s if its RSS is still above the limit.",
+                proc.describe(),
+                RSS_RETRY_SECONDS,
+            )
 
     def _on_bad_message(self, proc: ShardProcess, exc: Exception) -> None:
         logger.error(
@@ -575,8 +636,9 @@ class Supervisor:
         if proc.exited.done():  # could not even fork, or died at once
             self._on_exit(proc, proc.exited.result())
 
-    async def _replace(self, slot: Slot) -> bool:
-        """Start a successor on the same listeners; once it is ready, drain the old one."""
+    async def _replace(self, slot: Slot, cause: str | None = None) -> bool:
+        """Start a successor on the same listeners; once it is ready, drain the old one.
+        With a ``cause``, the replacement is counted as a restart for that cause."""
         if slot.busy or self.stopping:
             return False
         slot.busy = True
@@ -607,6 +669,8 @@ class Supervisor:
                     self._schedule_restart(slot, old)  # the old one died meanwhile
                 return False
             slot.current = new
+            if cause is not None:
+                self.book.count_restart(slot.index, cause)
             if old is not None and not old.exited.done():
                 await self._drain(old, close_idle=False)
             return True
