@@ -265,11 +265,11 @@ def test_out_of_file_descriptors_backs_off(serve):
     try:
         for _ in range(200):
             idle.append(socket.create_connection((server.host, server.port), timeout=5))
-        server.wait_for(r"(?i)file descriptors", timeout=10)
+        server.wait_for(r"(?i)file descriptors|out of system resource", timeout=10)
         before = _cpu_seconds(server.pid)
         time.sleep(3)
         busy = _cpu_seconds(server.pid) - before
-        assert busy < 1.0, f"the shard used {busy:.2f} CPU-seconds in 3 s at the fd limit"
+        assert busy < 0.5, f"the shard used {busy:.2f} CPU-seconds in 3 s at the fd limit"
         lines = sum(
             "descriptor" in line or "out of system resource" in line for line in server.lines
         )

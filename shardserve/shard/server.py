@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Config
 from ..importer import load_app
+from .accept import Listener
 from .http.parser import resolve_backend
 from .http.protocol import HttpConnection
 from .lifespan import Lifespan
@@ -69,7 +70,7 @@ class Shard:
         self._ticker: asyncio.TimerHandle | None = None
         self._ticks = 0
         self._close_idle: bool | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.AbstractServer | Listener] = []
         self._serve_socket: Callable[[socket.socket], Any] | None = None
         # Hooks for whoever hosts the shard (the coordinator's process shard sets them).
         self.on_ready: Callable[[Shard], None] | None = None
@@ -147,12 +148,13 @@ class Shard:
                 # A .pyc written now could hide an edit made within the same second.
                 sys.dont_write_bytecode = True
             app = load_app(config.app, factory=config.factory, app_dir=config.app_dir)
+        on_uvloop = type(loop).__module__.startswith("uvloop")
         logger.info(
             "Started shard %d [%d] (http: %s, loop: %s)",
             self.index,
             os.getpid(),
             resolve_backend(config.http),
-            "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
+            "uvloop" if on_uvloop else "asyncio",
         )
         state = self.state = ShardState(config, app, loop)
         state.on_max_requests = self._on_max_requests
@@ -176,9 +178,13 @@ class Shard:
             return HttpConnection(state, scheme)
 
         async def serve_socket(sock: socket.socket) -> None:
-            server = await loop.create_server(
-                protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
-            )
+            if on_uvloop:
+                server = await loop.create_server(
+                    protocol_factory, sock=sock, ssl=ssl_context, backlog=config.backlog
+                )
+            else:  # (stdlib asyncio's own accept loop spins at EMFILE: see accept.py)
+                server = Listener(loop, sock, protocol_factory, ssl_context, config.backlog)
+                server.start()
             self._servers.append(server)
 
         self._serve_socket = serve_socket
