@@ -48,12 +48,11 @@ def _click_type(python_type: Any, meta: dict[str, Any]) -> Any:
         return click.Choice(meta["choices"], case_sensitive=False)
     args = [a for a in typing.get_args(python_type) if a is not type(None)]
     base = args[0] if args else python_type
+    bounded = meta["minimum"] is not None or meta["maximum"] is not None
     if base is int:
-        return click.IntRange(min=meta["minimum"]) if meta["minimum"] is not None else int
+        return click.IntRange(min=meta["minimum"], max=meta["maximum"]) if bounded else int
     if base is float:
-        if meta["minimum"] is not None:
-            return click.FloatRange(min=meta["minimum"])
-        return float
+        return click.FloatRange(min=meta["minimum"], max=meta["maximum"]) if bounded else float
     return str
 
 

@@ -34,6 +34,7 @@ def option(
     multiple: bool = False,
     cli: bool = True,
     minimum: float | None = None,
+    maximum: float | None = None,
     metavar: str | None = None,
     flag: str | None = None,
     kind: str | None = None,
@@ -56,6 +57,7 @@ def option(
         "multiple": multiple,
         "cli": cli,
         "minimum": minimum,
+        "maximum": maximum,
         "metavar": metavar,
     }
 
@@ -80,7 +82,7 @@ class Config:
     host: str = field(default="127.0.0.1", metadata=option("Bind socket to this host."))
     port: int = field(
         default=8000,
-        metadata=option("Bind socket to this port; 0 picks a free port.", minimum=0),
+        metadata=option("Bind socket to this port; 0 picks a free port.", minimum=0, maximum=65535),
     )
     uds: str | None = field(default=None, metadata=option("Bind to a UNIX domain socket."))
     fd: int | None = field(
@@ -395,6 +397,8 @@ class Config:
             raise ConfigError("--ssl-keyfile needs --ssl-certfile")
         if self.uds is not None and self.fd is not None:
             raise ConfigError("--uds and --fd cannot be combined")
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port!r}: expected a port number from 0 to 65535")
         for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "log_config", "env_file"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):

@@ -59,6 +59,8 @@ def free_port() -> int:
 BAD_VALUES = [
     (["--port", "abc"], ["--port", "abc"]),
     (["--port", "-1"], ["--port"]),
+    (["--port", "70000"], ["--port", "70000", "65535"]),
+    (["--port", "65536"], ["--port", "65536", "65535"]),
     (["--http", "nope"], ["--http", "nope"]),
     (["--loop", "nope"], ["--loop", "nope"]),
     (["--lifespan", "sometimes"], ["--lifespan", "sometimes"]),
@@ -194,6 +196,45 @@ def test_env_bad_value_is_one_line(serve):
     # (If the variable were ignored, this would serve on port 8000 until stopped.)
     line = only_line(server)
     assert "abc" in line and "port" in line.lower()
+
+
+def test_env_port_out_of_range_is_one_line(serve):
+    # (Before ports were bounded, 70000 served on 70000 mod 65536 = 4464.)
+    server = serve("apps.echo:hello", port=False, ready=False, env={"SHARDSERVE_PORT": "70000"})
+    line = only_line(server)
+    assert "70000" in line and "port" in line.lower() and "65535" in line, line
+
+
+@pytest.mark.parametrize("port", [70000, -1])
+def test_library_run_refuses_a_port_out_of_range(port):
+    """shardserve.run(port=70000) raises a one-line ConfigError instead of serving on 4464."""
+    script = (
+        "import shardserve\n"
+        "try:\n"
+        f"    shardserve.run('apps.echo:hello', port={port})\n"
+        "except shardserve.errors.ConfigError as exc:\n"
+        "    print(exc)\n"
+        "    raise SystemExit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{TESTS}")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # it served: stop it, then fail
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=5)
+        raise AssertionError(f"run(port={port}) served instead of refusing:\n{out}{err}") from None
+    assert proc.returncode == 3, (out, err)
+    lines = out.splitlines()
+    assert len(lines) == 1 and "port" in lines[0] and str(port) in lines[0], (out, err)
+    assert "65535" in lines[0], lines
 
 
 @pytest.mark.parametrize("value", BACKENDS)
