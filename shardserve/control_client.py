@@ -5,18 +5,20 @@
     shardserve stop [--control-socket PATH]
 
 Without --control-socket, the one live socket under the runtime directory is used
-(coord/control_socket.py says where coordinators create them).
+(coord/control_socket.py says where coordinators create them), once that directory
+and the sockets in it are found to be ours alone (check_private_directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
 import time
 
-from .coord.control_socket import runtime_dir
+from .coord.control_socket import UnsafePath, check_own_socket, check_private_directory, runtime_dir
 
 COMMANDS = ("status", "reload", "stop")
 
@@ -29,7 +31,17 @@ def find_socket(path: str | None) -> str:
     if path:
         return path
     directory = runtime_dir()
-    candidates = sorted(directory.glob("*.sock")) if directory.is_dir() else []
+    candidates = []
+    try:
+        check_private_directory(directory)
+        for candidate in sorted(directory.glob("*.sock")):
+            with contextlib.suppress(FileNotFoundError):  # (removed meanwhile)
+                check_own_socket(candidate)
+                candidates.append(candidate)
+    except FileNotFoundError:
+        pass  # no server has run here
+    except UnsafePath as exc:
+        raise ControlError(str(exc)) from None
     alive = [str(c) for c in candidates if _alive(str(c))]
     if not alive:
         raise ControlError(f"no running shardserve found (no live socket in {directory})")

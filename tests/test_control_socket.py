@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -152,3 +155,194 @@ def test_unusable_control_socket_path_is_one_line(serve, tmp_path):
     assert server.wait_exit(15) != 0
     lines = [line for line in server.lines if "error" in line.lower()]
     assert len(lines) == 1 and "--control-socket" in lines[0], server.output
+
+
+# The default directory: stale sockets, and a directory others could have planted -----
+
+
+def wait_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"process {pid} still there"
+        time.sleep(0.05)
+
+
+def stale_socket(path) -> None:
+    """A socket file that no process listens on (what a SIGKILLed server leaves)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+def test_stale_sockets_of_killed_servers_are_removed_at_start(serve, tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    directory = tmp_path / "shardserve"
+    killed = serve(APP, "--shards", "2", env=env)
+    left = directory / f"{killed.pid}.sock"
+    assert left.exists()
+    os.killpg(killed.pid, signal.SIGKILL)  # the coordinator and its shards: no clean-up
+    killed.wait_exit(10)
+    wait_gone(killed.pid)
+    assert stat.S_ISSOCK(os.lstat(left).st_mode)  # left behind
+    stale_socket(directory / "old.sock")
+    (directory / "notes.sock").write_text("not a socket")
+    (directory / "dir.sock").mkdir()
+    with socket.socket(socket.AF_UNIX) as live:  # someone still listens here
+        live.bind(str(directory / "live.sock"))
+        live.listen(1)
+        server = serve(APP, "--shards", "2", env=env)
+        assert (directory / f"{server.pid}.sock").exists()
+        assert not left.exists() and not (directory / "old.sock").exists()
+        assert (directory / "live.sock").exists()
+        assert (directory / "notes.sock").read_text() == "not a socket"
+        assert (directory / "dir.sock").is_dir()
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        ["dir.sock", "notes.sock", "live.sock", f"{server.pid}.sock"]
+    )
+    (directory / "live.sock").unlink()
+    (directory / "notes.sock").unlink()
+    (directory / "dir.sock").rmdir()
+    status = shardserve("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pid"] == server.pid
+    assert server.stop() == 0
+    assert list(directory.iterdir()) == []
+
+
+def test_an_explicit_control_socket_leaves_the_default_directory_alone(serve, tmp_path):
+    directory = tmp_path / "shardserve"
+    directory.mkdir(mode=0o700)
+    stale_socket(directory / "old.sock")
+    path = str(tmp_path / "ctl.sock")
+    serve(APP, "--shards", "2", "--control-socket", path, env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert (directory / "old.sock").exists()
+
+
+def plant(runtime, case: str):
+    """Make ``runtime/shardserve`` unsafe in one way; return a directory sockets land in."""
+    directory = runtime / "shardserve"
+    if case == "symlink":
+        elsewhere = runtime / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        directory.symlink_to(elsewhere)
+        return elsewhere
+    if case == "file":
+        directory.write_text("")
+        return None
+    directory.mkdir()
+    if case == "other-owner":
+        if os.getuid() != 0:
+            pytest.skip("making a directory someone else's needs root")
+        os.chown(directory, 65534, 65534)
+        os.chmod(directory, 0o700)
+    else:
+        os.chmod(directory, int(case.removeprefix("mode-"), 8))
+    return directory
+
+
+UNSAFE = ["mode-755", "mode-777", "mode-710", "symlink", "other-owner", "file"]
+PROBLEM = {
+    "mode-755": "mode 0755",
+    "mode-777": "mode 0777",
+    "mode-710": "mode 0710",
+    "symlink": "symlink",
+    "other-owner": "owned by uid 65534",
+    "file": "not a directory",
+}
+
+
+@pytest.mark.parametrize("case", UNSAFE)
+def test_coordinator_serves_without_a_control_socket_in_an_unsafe_directory(serve, tmp_path, case):
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    landing = plant(runtime, case)
+    before = sorted(os.listdir(landing)) if landing else None
+    server = serve(APP, "--shards", "2", env={"XDG_RUNTIME_DIR": str(runtime)})
+    directory = runtime / "shardserve"
+    warnings = [line for line in server.lines if str(directory) in line]
+    assert len(warnings) == 1, server.output
+    assert warnings[0].startswith("WARNING:"), warnings
+    assert PROBLEM[case] in warnings[0] and "--control-socket PATH" in warnings[0], warnings
+    assert "Traceback" not in server.output
+    assert "Control socket:" not in server.output
+    if landing:
+        assert sorted(os.listdir(landing)) == before  # no socket created there
+    assert httpx.get(server.url + "/", timeout=5).status_code == 200
+    assert server.stop() == 0
+
+
+@contextlib.contextmanager
+def fake_server(path):
+    """A listening socket that answers any command with success (a planted socket)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(8)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed
+            with conn, contextlib.suppress(OSError):  # (a probe hangs up at once)
+                conn.settimeout(5)
+                if conn.recv(4096):
+                    conn.sendall(b'{"ok": true, "result": {"planted": true}}\n')
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        listener.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("command", ["status", "reload", "stop"])
+@pytest.mark.parametrize("case", UNSAFE)
+def test_client_refuses_an_unsafe_directory(tmp_path, case, command):
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    landing = plant(runtime, case)
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    with fake_server(landing / "4242.sock") if landing else contextlib.nullcontext():
+        result = shardserve(command, env=env)
+    directory = runtime / "shardserve"
+    assert result.returncode == 1, result
+    assert result.stdout == "", result
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr
+    assert line.startswith("shardserve: error:") and str(directory) in line, line
+    assert PROBLEM[case] in line and "--control-socket PATH" in line, line
+
+
+@pytest.mark.parametrize("case", ["other-owner", "symlink"])
+def test_client_refuses_a_socket_that_is_not_ours(tmp_path, case):
+    directory = tmp_path / "shardserve"
+    directory.mkdir(mode=0o700)
+    found = directory / "4242.sock"
+    if case == "other-owner" and os.getuid() != 0:
+        pytest.skip("making a socket someone else's needs root")
+    with fake_server(found if case == "other-owner" else tmp_path / "elsewhere.sock"):
+        if case == "other-owner":
+            os.chown(found, 65534, 65534)
+        else:
+            found.symlink_to(tmp_path / "elsewhere.sock")
+        result = shardserve("status", env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 1, result
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result
+    line = result.stderr
+    assert str(found) in line and "--control-socket PATH" in line, line
+    assert ("owned by uid 65534" if case == "other-owner" else "not a socket") in line, line
+
+
+def test_an_explicit_control_socket_is_not_checked(serve, tmp_path):
+    """--control-socket PATH is the user's choice: a directory of any mode will do."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    path = str(shared / "ctl.sock")
+    server = serve(APP, "--shards", "2", "--control-socket", path)
+    status = shardserve("status", "--control-socket", path, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pid"] == server.pid

@@ -5,15 +5,27 @@ by default ``$XDG_RUNTIME_DIR/shardserve/<coordinator pid>.sock`` (or under
 ``/tmp/shardserve-<uid>/`` without a runtime directory).  One JSON object per line each
 way: ``{"command": "status" | "reload" | "stop"}`` in, a JSON reply out.  A malformed
 or oversized command gets ``{"error": ...}`` and the connection closes; serving goes on.
+
+The default directory is used only if it is private (``check_private_directory``: a
+real directory, ours, mode 0700 or narrower), as tmux and ssh-agent check theirs: in a
+world-writable /tmp another user could otherwise create it first and put their own
+socket where `shardserve status` looks.  Both sides check: a coordinator that finds it
+unsafe serves without a control socket (with a warning), the client refuses to
+connect.  A coordinator starting with the default directory removes the sockets that
+SIGKILLed servers left there.  ``--control-socket PATH`` is the user's choice and is
+not checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,15 +50,109 @@ def default_path(pid: int | None = None) -> Path:
     return runtime_dir() / f"{pid or os.getpid()}.sock"
 
 
+class UnsafePath(OSError):
+    """The default directory, or a socket in it, may be someone else's: one line."""
+
+
+def _unsafe(path: Path, problem: str) -> UnsafePath:
+    return UnsafePath(f"{path} {problem}: remove it, or pass --control-socket PATH")
+
+
+def check_private_directory(directory: Path) -> None:
+    """Refuse (UnsafePath) a control-socket directory someone else could control.
+
+    It must be a real directory (not a symlink), owned by us, with no group or other
+    permission bits.  Raises FileNotFoundError if it does not exist.
+    """
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        raise _unsafe(directory, "is a symlink, not a directory of our own")
+    if not stat.S_ISDIR(info.st_mode):
+        raise _unsafe(directory, "is not a directory")
+    if info.st_uid != os.getuid():
+        raise _unsafe(directory, f"is owned by uid {info.st_uid}, not by us (uid {os.getuid()})")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise _unsafe(directory, f"has mode {mode:04o}, open to others (expected 0700)")
+
+
+def check_own_socket(path: Path) -> None:
+    """Refuse (UnsafePath) a socket in the default directory that is not our own socket."""
+    info = os.lstat(path)
+    if not stat.S_ISSOCK(info.st_mode):
+        raise _unsafe(path, "is not a socket")
+    if info.st_uid != os.getuid():
+        raise _unsafe(path, f"is owned by uid {info.st_uid}, not by us (uid {os.getuid()})")
+
+
+def make_private_directory(directory: Path) -> None:
+    """Create ``directory`` mode 0700 if missing; UnsafePath if it is not ours alone."""
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700, parents=True)
+    check_private_directory(directory)
+
+
+def remove_stale_sockets(directory: Path) -> list[Path]:
+    """Remove the sockets in ``directory`` that no process listens on; return them.
+
+    Only our own sockets that refuse a connection go; nothing else is touched: not a
+    live socket, not a file that is not a socket, nor one named after a live process
+    (a coordinator may be between its bind() and listen()).
+    """
+    removed = []
+    for path in directory.glob("*.sock"):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if path.stem.isdigit() and _process_exists(int(path.stem)):
+            continue
+        if _refused(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _refused(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.setblocking(False)  # a full backlog (EAGAIN) means alive: never wait
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            return exc.errno == errno.ECONNREFUSED
+    return False
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
 class ControlSocket:
     def __init__(self, path: str | None, handlers: dict[str, Callable[[], Any]]) -> None:
+        self.default = not path
         self.path = Path(path) if path else default_path()
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        directory = self.path.parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Listen; OSError (UnsafePath for an unsafe default directory) if it cannot."""
+        if self.default:
+            make_private_directory(self.path.parent)
+            for path in remove_stale_sockets(self.path.parent):
+                logger.info("Removed a stale control socket: %s", path)
+        else:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a server that died
         old = os.umask(0o177)  # created 0600: no window where others could connect
