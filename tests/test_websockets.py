@@ -775,6 +775,48 @@ def test_fast_app_stalled_client_keeps_memory_flat(serve, backend):
     monitor.check(f"{count * size // MIB} MiB went to a stalled client (stalled at {stalled_at})")
 
 
+def test_pings_from_a_client_that_never_reads_keep_memory_bounded(serve, backend):
+    """A client sends pings and never reads the pongs (issue 14: 1M pings grew a shard
+    by 205 MiB, the pongs piling up in the write buffer).  Once the write buffer is
+    above its high-water mark the server stops reading that client, so the pings
+    back up in the kernel and the client blocks: up to 400k pings (52 MB) are sent,
+    RSS stays within 20 MiB of idle, and the connection still works afterwards."""
+    server = serve(APP, "--http", backend, "--no-access-log")
+    ws = RawWebSocket(server, "/echo")
+    ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True)
+    batch = memoryview(ping * 512)
+    sent = 0  # bytes
+    try:
+        with RssMonitor(server) as monitor:
+            ws.sock.settimeout(2.0)
+            deadline = time.monotonic() + 30
+            while sent < 400_000 * len(ping) and time.monotonic() < deadline:
+                try:
+                    sent += ws.sock.send(batch[sent % len(batch) :])
+                except TimeoutError:
+                    break  # the server stopped reading: the kernel buffers are full
+            time.sleep(0.5)
+        growth = monitor.peak - monitor.idle
+        assert monitor.samples >= 10
+        pings, partial = divmod(sent, len(ping))
+        assert growth < 20 * 1024, f"RSS grew by {growth} KiB after {pings} unread pings"
+        # Reading again, the client gets a pong for every ping, then its echo.
+        pongs = 0
+        deadline = time.monotonic() + 60
+        while pongs < pings:
+            assert time.monotonic() < deadline, f"{pongs} pongs of {pings}"
+            opcode, payload, _ = ws.read_frame()
+            assert (opcode, payload) == (Opcode.PONG, b"p" * 125)
+            pongs += 1
+        if partial:  # the last ping, cut short when the client blocked
+            ws.sock.sendall(ping[partial:])
+            assert ws.read_frame() == (Opcode.PONG, b"p" * 125, True)
+        ws.send(Opcode.TEXT, b"still here")
+        assert ws.read_frame() == (Opcode.TEXT, b"still here", True)
+    finally:
+        ws.close()
+
+
 # 9. Several shards ------------------------------------------------------------------------
 
 

@@ -165,7 +165,8 @@ class WebSocketSession(asyncio.Protocol):
         message = self.queue.popleft()
         if self.read_paused and len(self.queue) < self.max_queue and not self.closed:
             self.read_paused = False
-            self.transport.resume_reading()
+            if not self.write_paused:
+                self.transport.resume_reading()
         return message
 
     def _disconnect_message(self) -> dict[str, Any]:
@@ -181,7 +182,8 @@ class WebSocketSession(asyncio.Protocol):
             waiter.set_result(None)
         if len(self.queue) >= self.max_queue and not self.read_paused and not self.closed:
             self.read_paused = True  # the app is behind: let TCP push back on the client
-            self.transport.pause_reading()
+            if not self.write_paused:
+                self.transport.pause_reading()
 
     def _receive_message(self, message: dict[str, Any]) -> None:
         self.counters.ws_messages_in += 1
@@ -318,7 +320,8 @@ class WebSocketSession(asyncio.Protocol):
             self.pending += data
             if len(self.pending) > PRE_ACCEPT_BUFFER and not self.read_paused:
                 self.read_paused = True
-                self.transport.pause_reading()
+                if not self.write_paused:
+                    self.transport.pause_reading()
             return
         protocol = self.protocol
         protocol.receive_data(data)
@@ -414,11 +417,21 @@ class WebSocketSession(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # Reading stops for either of two reasons, and resumes when neither holds:
+    # ``read_paused`` (the app is behind: --ws-max-queue messages wait, or a client
+    # sends before the accept) and ``write_paused`` (the client does not read what
+    # we write: the pongs and close frames the protocol answers with would otherwise
+    # pile up without bound in the write buffer).
+
     def pause_writing(self) -> None:
         self.write_paused = True
+        if not self.read_paused and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if not self.read_paused and not self.closed:
+            self.transport.resume_reading()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
