@@ -142,12 +142,16 @@ class ServerFactory:
         ready: bool = True,
         port: bool = True,
         timeout: float = 15.0,
+        fd_limit: int | None = None,
     ) -> Server:
-        """Start ``shardserve APP ARGS`` on a free port (unless ``port=False``)."""
+        """Start ``shardserve APP ARGS`` on a free port (unless ``port=False``), under
+        ``ulimit -n fd_limit`` if given."""
         argv = [sys.executable, "-m", "shardserve", app]
         if port:
             argv += ["--port", "0"]
         argv += list(args)
+        if fd_limit is not None:
+            argv = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *argv]
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")]
@@ -166,6 +170,42 @@ class ServerFactory:
 
 
 # Raw-socket helpers ------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def check_backs_off_at_fd_limit(server: Server, connections: int = 200) -> None:
+    """With the server under a low ``ulimit -n``, open ``connections`` idle ones: it
+    must stop accepting quietly (under half a CPU-second in 3 s, at most 3 log
+    lines about it), then serve again once descriptors are free."""
+    idle = []
+    try:
+        for _ in range(connections):
+            idle.append(socket.create_connection((server.host, server.port), timeout=5))
+        server.wait_for(r"(?i)file descriptors|out of system resource", timeout=10)
+        before = cpu_seconds(server.pid)
+        time.sleep(3)
+        busy = cpu_seconds(server.pid) - before
+        assert busy < 0.5, f"the server used {busy:.2f} CPU-seconds in 3 s at the fd limit"
+        lines = sum(
+            "descriptor" in line or "out of system resource" in line for line in server.lines
+        )
+        assert lines <= 3, server.output[-3000:]
+        # Free descriptors: the queued connections, then a new one, are served.
+        for sock in idle[: connections * 3 // 4]:
+            sock.close()
+        del idle[: connections * 3 // 4]
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            response = read_until_close(sock, 10)
+        assert response.startswith(b"HTTP/1.1 "), response
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def connect(server: Server, timeout: float = 5.0) -> socket.socket:

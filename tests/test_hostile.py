@@ -7,25 +7,20 @@ connections, memory or CPU, against a real server on loopback (issue 14).
 - A body larger than --limit-request-body: 413, before the app runs if declared.
 - CONNECT: not a client error (501), on every back-end.
 - EMFILE on stdlib asyncio: no spinning, no log flood, serving resumes.
-- WebSocket pings from a client that never reads: memory stays bounded.
+(WebSocket pings from a client that never reads: test_websockets.py.)
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from serving import (
-    ROOT,
-    TESTS,
-    Server,
+    check_backs_off_at_fd_limit,
     connect,
     is_closed,
     parse_responses,
@@ -225,28 +220,14 @@ def test_connect_is_501_not_400(serve, backend):
 # 5. Out of file descriptors on stdlib asyncio -----------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.timeout(90)
 def test_out_of_file_descriptors_backs_off(serve):
     """ulimit -n 128 and 200 idle connections on stdlib asyncio: CPython's own accept
     loop would retry accept() up to the backlog and log each failure (~800k lines
     and both CPUs busy in 11 s); the shard must pause, log once, and serve again
     once descriptors are free."""
-    argv = [
-        "sh",
-        "-c",
-        'ulimit -n 128 && exec "$@"',
-        "sh",
-        sys.executable,
-        "-m",
-        "shardserve",
+    server = serve(
         APP,
-        "--port",
-        "0",
         "--loop",
         "asyncio",
         "--http",
@@ -255,32 +236,7 @@ def test_out_of_file_descriptors_backs_off(serve):
         "60",
         "--timeout-request-header",
         "60",
-    ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
-    env["PYTHONUNBUFFERED"] = "1"
-    server = Server(argv, env, ROOT)
-    serve.servers.append(server)  # stopped at teardown like every other
-    server.wait_ready()
-    idle = []
-    try:
-        for _ in range(200):
-            idle.append(socket.create_connection((server.host, server.port), timeout=5))
-        server.wait_for(r"(?i)file descriptors|out of system resource", timeout=10)
-        before = _cpu_seconds(server.pid)
-        time.sleep(3)
-        busy = _cpu_seconds(server.pid) - before
-        assert busy < 0.5, f"the shard used {busy:.2f} CPU-seconds in 3 s at the fd limit"
-        lines = sum(
-            "descriptor" in line or "out of system resource" in line for line in server.lines
-        )
-        assert lines <= 3, server.output[-3000:]
-        # Free descriptors: the queued connections, then a new one, are served.
-        for sock in idle[:150]:
-            sock.close()
-        del idle[:150]
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            assert client.get("/fixed").status_code == 200
-    finally:
-        for sock in idle:
-            sock.close()
+        fd_limit=128,
+    )
+    check_backs_off_at_fd_limit(server)
     assert server.stop() == 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from serving import check_backs_off_at_fd_limit
 from shardserve.interpreters import unavailable_reason
 
 REASON = unavailable_reason()
@@ -433,6 +434,26 @@ def test_removing_and_adding_subinterpreter_shards(serve):
         if len(answered) == 2:
             break
     assert len(answered) == 2, answered
+
+
+@pytest.mark.timeout(90)
+def test_subinterpreter_shards_back_off_at_the_fd_limit(serve):
+    """Subinterpreter shards run stdlib asyncio, whose own accept loop spins and
+    floods the log at EMFILE: they must pause instead (issue 14)."""
+    server = serve(
+        APP,
+        "--shard-mode",
+        "subinterpreter",
+        "--shards",
+        "2",
+        "--timeout-keep-alive",
+        "60",
+        "--timeout-request-header",
+        "60",
+        fd_limit=128,
+    )
+    check_backs_off_at_fd_limit(server)
+    assert server.stop() == 0
 
 
 def test_websockets_in_subinterpreter_shards(serve):
