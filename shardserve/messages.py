@@ -73,10 +73,10 @@ class Stats:
     generation: int
     requests: int = 0
     connections: int = 0
-    parse_errors: int = 0  # malformed requests (and WebSocket handshakes) answered 4xx/5xx
+    parse_errors: int = 0  # malformed or refused requests (and handshakes) answered 4xx/5xx
     overloaded: int = 0  # refused with 503 at --limit-concurrency
     app_errors: int = 0  # exceptions raised by the app
-    timeouts: int = 0  # request heads not received in time (408)
+    timeouts: int = 0  # request heads (408) or bodies (closed) not received in time
     open_connections: int = 0
     active_requests: int = 0
     bytes_in: int = 0

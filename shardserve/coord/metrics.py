@@ -50,8 +50,8 @@ _GAUGES = (
 # errors_total{kind}: what went wrong, by kind.
 _ERRORS = (
     ("app", "app_errors"),  # exceptions raised by the app
-    ("parse", "parse_errors"),  # malformed requests, answered 4xx/5xx and closed
-    ("timeout", "timeouts"),  # request heads not received in time (408)
+    ("parse", "parse_errors"),  # malformed or refused requests, answered 4xx/5xx, closed
+    ("timeout", "timeouts"),  # request heads (408) or bodies (closed) not received in time
     ("overload", "overloaded"),  # refused with 503 at --limit-concurrency
 )
 
