@@ -12,17 +12,19 @@ results.json, results.md and PNG charts to --out (default bench/results/<time>/)
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, peer_python  # noqa: E402
+from bench.harness import ROOT, checkout_of, peer_python  # noqa: E402
 from bench.loadgen import GENERATORS, LoadError, require  # noqa: E402
 from bench.matrix import Settings, run_matrix  # noqa: E402
 from bench.report import draw_charts, write  # noqa: E402
-from bench.servers import SERVERS  # noqa: E402
+from bench.servers import SERVERS, ServerKind  # noqa: E402
 from bench.workloads import WORKLOADS  # noqa: E402
 from shardserve.coord.placement import parse_cpu_list  # noqa: E402
 
@@ -34,6 +36,19 @@ def _names(text: str, known: dict, what: str) -> list:
         raise SystemExit(f"bench: unknown {what} {', '.join(unknown) or repr(text)}; "
                          f"choose from {', '.join(known)}")  # fmt: skip
     return [known[n] for n in names]
+
+
+def revision_kinds(kinds: list[ServerKind], revision: str) -> list[ServerKind]:
+    """--against REV: each shardserve kind again, run from that revision's tree."""
+    try:
+        root = checkout_of(revision)
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"bench: --against {revision}: not a revision here") from None
+    return [
+        replace(kind, name=f"{kind.name}@{revision}", root=root, baseline=kind.name)
+        for kind in kinds
+        if kind.pins  # (the shardserve kinds)
+    ]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,6 +69,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--access-log", action="store_true", help="every server logs each request (to /dev/null)"
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run each shardserve kind from this git revision, with paired ratios",
+    )
     parser.add_argument("--out", help="directory for the results (default bench/results/<time>)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     args = parser.parse_args(argv)
@@ -66,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     kinds = _names(args.servers, SERVERS, "server")
+    if args.against:
+        kinds += revision_kinds(kinds, args.against)
     workloads = _names(args.workloads, WORKLOADS, "workload")
     try:
         counts = [int(n) for n in args.workers.split(",")]
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out) if args.out else ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")
     )
     cells = run_matrix(kinds, counts, workloads, settings)
-    write(out, cells, settings, argv)
+    write(out, cells, settings, argv, {k.name: k.baseline for k in kinds if k.baseline})
     print((out / "results.md").read_text())
     if not args.no_charts:
         why_not = draw_charts(out, peer_python())

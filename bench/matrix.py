@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bench.harness import Server, cpu_seconds, free_port, stop, tree_memory
+from bench.harness import ROOT, Server, cpu_seconds, free_port, stop, tree_memory
 from bench.loadgen import SATURATED, run_load
 from bench.servers import ServerKind
 from bench.workloads import Workload
@@ -91,7 +91,7 @@ def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settin
     argv = kind.command(workers, port, APP, settings.access_log)
     if settings.pin:
         argv += ["--pin", "--cpus", ",".join(map(str, settings.server_cpus[:workers]))]
-    server = Server(kind.name, argv, port)
+    server = Server(kind.name, argv, port, kind.root or ROOT)
     proc = server.start(",".join(map(str, settings.server_cpus)))
     try:
         time.sleep(0.5)  # (the port answers once one worker listens; let the rest start)

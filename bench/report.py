@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +40,63 @@ def _figure(summary: dict, name: str, digits: int = 0) -> str:
     return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
-def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict) -> str:
+def paired(cells: list[Cell], baselines: dict[str, str]) -> list[dict]:
+    """--against: each revision cell against its twin, run by run (runs of one round
+    were measured side by side, so drift moves both alike), then the median ratio."""
+    by_key = {(c.server, c.workers, c.workload): c for c in cells}
+    pairs = []
+    for cell in cells:
+        twin = by_key.get((baselines.get(cell.server), cell.workers, cell.workload))
+        if twin is None:
+            continue
+        ratios: dict[str, list[float]] = {"cpu_us_per_request": [], "rps": []}
+        for now, then in zip(twin.runs, cell.runs, strict=True):
+            for name, values in ratios.items():
+                if now.get(name) == now.get(name) and then.get(name):  # (NaN: failed)
+                    values.append(now[name] / then[name])
+        pairs.append(
+            {
+                "server": twin.server,
+                "against": cell.server,
+                "workers": cell.workers,
+                "workload": cell.workload,
+                **{
+                    name: {
+                        "median": statistics.median(v),
+                        "min": min(v),
+                        "max": max(v),
+                        "runs": len(v),
+                    }
+                    for name, v in ratios.items()
+                    if v
+                },
+            }
+        )
+    return pairs
+
+
+def _pairs_markdown(pairs: list[dict]) -> list[str]:
+    lines = [
+        "## Paired against the revision",
+        "",
+        "| server | against | workers | workload | server CPU/request ratio | req/s ratio | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        cpu, rps = p.get("cpu_us_per_request"), p.get("rps")
+        if cpu is None or rps is None:
+            continue
+        lines.append(
+            f"| {p['server']} | {p['against']} | {p['workers']} | {p['workload']} "
+            f"| {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) "
+            f"| {rps['median']:.3f} ({rps['min']:.3f}-{rps['max']:.3f}) | {cpu['runs']} |"
+        )
+    return lines + ["", "Ratios: this tree / the revision, per round, median (min-max).", ""]
+
+
+def markdown(
+    cells: list[Cell], settings: Settings, argv: list[str], info: dict, pairs: list[dict] = ()
+) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -78,6 +135,8 @@ def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict)
                 f"| {s['errors']} |"
             )
         lines.append("")
+    if pairs:
+        lines += _pairs_markdown(pairs)
     lines.append(
         "load-bound: the load generator used 90% or more of its CPUs, so the server "
         "could have gone faster; its figure is not shown. Server CPU covers the whole "
@@ -89,9 +148,16 @@ def markdown(cells: list[Cell], settings: Settings, argv: list[str], info: dict)
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, cells: list[Cell], settings: Settings, argv: list[str]) -> dict:
+def write(
+    out: Path,
+    cells: list[Cell],
+    settings: Settings,
+    argv: list[str],
+    baselines: dict[str, str] | None = None,
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
+    pairs = paired(cells, baselines or {})
     data = {
         "argv": argv,
         "machine": info,
@@ -106,9 +172,10 @@ def write(out: Path, cells: list[Cell], settings: Settings, argv: list[str]) -> 
             }
             for c in cells
         ],
+        "paired": pairs,
     }
     (out / "results.json").write_text(json.dumps(data, indent=2, allow_nan=True))
-    (out / "results.md").write_text(markdown(cells, settings, argv, info))
+    (out / "results.md").write_text(markdown(cells, settings, argv, info, pairs))
     return data
 
 

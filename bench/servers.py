@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.harness import peer_python
 
@@ -25,6 +26,8 @@ class ServerKind:
     command: Command
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run here
     pins: bool = False  # can pin worker i to one CPU (python -m bench --pin)
+    root: Path | None = None  # another revision's tree (--against); None: this one
+    baseline: str | None = None  # --against: the kind this one is measured against
 
 
 def _shardserve(*options: str) -> Command:

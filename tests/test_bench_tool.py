@@ -230,3 +230,41 @@ def test_server_kinds_pass_their_options(name, options, monkeypatch):
     argv = SERVERS[name].command(2, 8000, APP, False)
     assert any(argv[i : i + len(options)] == options for i in range(len(argv))), argv
     assert "--no-access-log" in argv
+
+
+@pytest.mark.timeout(150)
+def test_against_a_revision_pairs_each_run_with_its_twin(tmp_path):
+    """--against REV runs shardserve from that revision's tree beside this one and
+    reports each round's ratio; the revision's server really ran (its own tree)."""
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD~1"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    if not revision:
+        pytest.skip("no git history here")
+    out = tmp_path / "results"
+    done = bench(
+        "--servers", "shardserve", "--workloads", "plaintext",
+        "--server-cpus", "0-1", "--load-cpus", "0-1",
+        "--runs", "2", "--seconds", "1", "--warmup", "1", "--connections", "8",
+        "--against", revision, "--out", str(out), "--no-charts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    cells = {c["server"]: c for c in data["cells"]}
+    assert set(cells) == {"shardserve", f"shardserve@{revision}"}
+    [pair] = data["paired"]
+    assert (pair["server"], pair["against"]) == ("shardserve", f"shardserve@{revision}")
+    now, then = cells["shardserve"]["runs"], cells[f"shardserve@{revision}"]["runs"]
+    ratios = sorted(
+        a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in zip(now, then, strict=True)
+    )
+    assert pair["cpu_us_per_request"]["runs"] == 2
+    assert pair["cpu_us_per_request"]["min"] == pytest.approx(ratios[0])
+    assert pair["cpu_us_per_request"]["max"] == pytest.approx(ratios[1])
+    assert "Paired against the revision" in (out / "results.md").read_text()
+
+
+def test_against_an_unknown_revision_is_one_line():
+    done = bench("--servers", "shardserve", "--against", "no-such-revision-x")
+    assert done.returncode != 0
+    assert done.stderr.strip() == "bench: --against no-such-revision-x: not a revision here"
