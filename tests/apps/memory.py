@@ -24,14 +24,8 @@ def _held_mb() -> int:
 
 
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    if scope["type"] != "http":
+        return  # (lifespan: --lifespan auto carries on without it)
     path = scope["path"]
     if path == "/grow":
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
