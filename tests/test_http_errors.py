@@ -507,3 +507,67 @@ def test_limit_max_requests_stops_the_server(serve, backend):
     assert re.search(r"[Mm]aximum request limit of 3", server.output), server.output
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((server.host, server.port), timeout=2).close()
+
+
+# Framing and routing checks, alike on every back-end (shardserve/shard/http/framing.py)
+
+FRAMING_REJECTS = {
+    "host-invalid": (b"GET /raise-before HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    "host-userinfo": (b"GET /raise-before HTTP/1.1\r\nHost: user@127.0.0.1\r\n\r\n", 400),
+    "host-repeated": (b"GET /raise-before HTTP/1.1\r\n" + HOST + HOST + b"\r\n", 400),
+    "host-repeated-http10": (b"GET /raise-before HTTP/1.0\r\n" + HOST + HOST + b"\r\n", 400),
+    "obs-fold": (b"GET /raise-before HTTP/1.1\r\n" + HOST + b"X-A: a\r\n b\r\n\r\n", 400),
+    "te-http10": (
+        b"POST /raise-before HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-gzip": (
+        b"POST /raise-before HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\nhello",
+        400,
+    ),
+    "te-trailing-comma": (
+        b"POST /raise-before HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked,\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-chunked-twice": (
+        b"POST /raise-before HTTP/1.1\r\n"
+        + HOST
+        + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "te-gzip-chunked": (
+        b"POST /raise-before HTTP/1.1\r\n"
+        + HOST
+        + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    "te-gzip-chunked-invalid-host": (
+        b"POST /raise-before HTTP/1.1\r\nHost: a b\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    "connect-origin-form": (b"CONNECT /raise-before HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    "connect-no-port": (b"CONNECT 127.0.0.1 HTTP/1.1\r\n" + HOST + b"\r\n", 400),
+    "connect-absolute-form": (
+        b"CONNECT http://127.0.0.1/raise-before HTTP/1.1\r\n" + HOST + b"\r\n",
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FRAMING_REJECTS))
+def test_framing_reject_is_answered_alike_and_closed(serve, backend, case):
+    """Every back-end answers these with the same status, closes, and never runs the
+    app for them (the route would log an exception if it did)."""
+    raw, status = FRAMING_REJECTS[case]
+    server = serve(APP, "--http", backend)
+    with connect(server) as sock:
+        sock.sendall(raw)
+        data, closed = read_to_close(sock)
+    assert closed, f"connection left open after {case}: {data!r}"
+    assert data.startswith(b"HTTP/1.1 %d " % status), data
+    responses = parse_responses(data)
+    assert len(responses) == 1, data
+    assert_canned(responses[0], status)
+    assert_serves(server)
+    assert "Exception in ASGI application" not in server.output

@@ -92,31 +92,6 @@ def keep_alive_requested(http_version: str, headers: list[tuple[bytes, bytes]]) 
     return b"keep-alive" in tokens and b"close" not in tokens
 
 
-def check_framing(http_version: str, headers: list[tuple[bytes, bytes]]) -> None:
-    """Reject ambiguous message framing (request smuggling) and a missing Host.
-
-    For back-ends that do not already enforce RFC 9112 section 6.
-    """
-    content_lengths = 0
-    transfer_encoding = False
-    host = False
-    for name, value in headers:
-        if name == b"content-length":
-            content_lengths += 1
-            if not value.isdigit():
-                raise ParseError(400, "invalid Content-Length")
-        elif name == b"transfer-encoding":
-            transfer_encoding = True
-        elif name == b"host":
-            host = True
-    if content_lengths > 1:
-        raise ParseError(400, "duplicate Content-Length")
-    if content_lengths and transfer_encoding:
-        raise ParseError(400, "Content-Length together with Transfer-Encoding")
-    if http_version == "1.1" and not host:
-        raise ParseError(400, "missing Host header")
-
-
 def check_version(http_version: str) -> None:
     """HTTP/1.0 and 1.1 only: another major version is 505, another 1.x malformed (400)."""
     if http_version != "1.1" and http_version != "1.0":

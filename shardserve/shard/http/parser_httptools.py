@@ -1,14 +1,19 @@
 """Request-parser back-end on httptools (llhttp): the fast C path.
 
-llhttp already enforces RFC 9112 framing (Content-Length with Transfer-Encoding,
-duplicate or invalid Content-Length, invalid chunk sizes, bad tokens); this adapter
-adds the size limits llhttp lacks and turns its events into the sink's calls.
+llhttp already enforces much of RFC 9112 framing (Content-Length with
+Transfer-Encoding, duplicate or invalid Content-Length, invalid chunk sizes, bad
+tokens, obs-fold); this adapter adds the size limits llhttp lacks, the framing and
+routing checks shared by every back-end (``framing.py``: the Host value, one Host,
+Transfer-Encoding, CONNECT's target), and turns llhttp's events into the sink's calls.
+The Host checks ride on ``on_header``, which compares each name with "host" anyway;
+the others run once per head, in ``on_headers_complete``.
 """
 
 from __future__ import annotations
 
 import httptools
 
+from .framing import check_connect_target, check_host, check_transfer_encoding
 from .parser import METHODS, Limits, ParseError, RequestSink, check_version, decode_method
 
 _HttpParserCallbackError = httptools.HttpParserCallbackError
@@ -25,6 +30,8 @@ class HttptoolsParser:
         "url",
         "headers",
         "host",
+        "last_host",
+        "transfer_encoding",
         "in_head",
         "in_message",
         "head_bytes",
@@ -40,7 +47,9 @@ class HttptoolsParser:
         self.field_size = limits.field_size
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host = False
+        self.host = False  # the head being parsed has a Host field
+        self.last_host = b""  # the last Host value validated on this connection
+        self.transfer_encoding = None  # its Transfer-Encoding fields, joined with ","
         self.in_head = False
         self.in_message = False  # a head is complete, its body not yet
         self.head_bytes = 0
@@ -51,35 +60,39 @@ class HttptoolsParser:
 
     def feed(self, data: bytes) -> None:
         if self.in_head:
-            # A head arriving in pieces: bound what llhttp may buffer for it.
-            self.head_bytes += len(data)
+            # A head arriving in pieces: bound what llhttp may buffer for it.  What
+            # arrived before this piece counts: this one may end the head and carry
+            # the next request, and a target too long is 414 first (as elsewhere).
             if self.head_bytes > self.limits.head:
                 raise ParseError(431, "request header fields too large")
+            self.head_bytes += len(data)
             self.chunk = None
         else:
             # Unless a body is still arriving, this chunk starts with a request line.
             self.chunk = None if self.in_message else data
         try:
             self.parser.feed_data(data)
+            return
         except _HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ParseError):
                 raise cause from None
             raise
         except _HttpParserUpgrade as exc:
-            # Upgrade and CONNECT stop llhttp after the head.  The sink switches
-            # protocols (WebSocket) or the request is served as plain HTTP and
-            # parsing goes on afresh.
             offset = exc.args[0] if exc.args else len(data)
-            rest = data[offset:]
-            if self.sink.on_upgrade(rest):
-                return
-            self.parser = httptools.HttpRequestParser(self)
-            self.in_head = self.in_message = False
-            if rest:
-                self.feed(rest)
         except _HttpParserError as exc:
             raise ParseError(400, str(exc) or "malformed request") from None
+        # Upgrade and CONNECT stop llhttp after the head.  The sink switches protocols
+        # (WebSocket) or the request is served as plain HTTP and parsing goes on afresh.
+        # (Not inside the except clause: an error raised there would carry the upgrade
+        # as its context, and a ParseError in the rest would escape unrecognised.)
+        rest = data[offset:]
+        if self.sink.on_upgrade(rest):
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self.in_head = self.in_message = False
+        if rest:
+            self.feed(rest)
 
     # llhttp callbacks ---------------------------------------------------------
 
@@ -99,10 +112,20 @@ class HttptoolsParser:
                 return  # a trailer field: not passed on
             raise ParseError(431, "request header field too large")
         name = name.lower()
-        if name == b"host":
-            self.host = True
         # llhttp drops the whitespace before a value but keeps what follows it.
-        self.headers.append((name, value.rstrip(b" \t")))
+        value = value.rstrip(b" \t")
+        if name == b"host":
+            if self.host:
+                raise ParseError(400, "more than one Host header")
+            self.host = True
+            if value != self.last_host:
+                check_host(value)
+                self.last_host = value
+        elif name == b"transfer-encoding":
+            # llhttp frames "gzip, chunked", or chunked on HTTP/1.0, as plain chunked.
+            te = self.transfer_encoding
+            self.transfer_encoding = value if te is None else te + b"," + value
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         headers = self.headers
@@ -130,6 +153,13 @@ class HttptoolsParser:
             check_version(http_version)
         elif not self.host:
             raise ParseError(400, "missing Host header")
+        if method == b"CONNECT":
+            check_connect_target(url)
+        te = self.transfer_encoding
+        if te is not None:
+            self.transfer_encoding = None
+            # (llhttp itself refuses Transfer-Encoding with Content-Length.)
+            check_transfer_encoding(http_version, te)
         self.url = b""
         self.headers = []
         self.host = False

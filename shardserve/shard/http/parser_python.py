@@ -12,15 +12,19 @@ arrived, never buffered.
 
 How it stays strict (RFC 9112): CRLF line endings only, no obs-fold, no whitespace
 before a colon, token names, no CTLs or bare CR, exactly one Host on HTTP/1.1,
-unambiguous framing (see ``_framing``), hex chunk sizes of at most 16 digits, and
-bounded request lines (414), heads and fields (431).  Intentional differences from
-h11 are listed in docs/http-parser.md.
+unambiguous framing, hex chunk sizes of at most 16 digits, and bounded request lines
+(414), heads and fields (431).  The checks that decide framing and routing (Host,
+Transfer-Encoding, CONNECT's target) are ``framing.py``'s, shared with the other
+back-ends.  Intentional differences from h11 are listed in docs/http-parser.md.
 """
 
 from __future__ import annotations
 
 import re
 
+from .framing import TOKEN as _TOKEN
+from .framing import check_connect_target, check_host, check_transfer_encoding
+from .framing import token as _token
 from .parser import METHODS, Limits, ParseError, RequestSink
 
 # Parser states.
@@ -36,16 +40,7 @@ SWITCHED = 6  # the sink took the connection over: ignore input
 # Which of them may appear where is checked per part.
 _HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_token = re.compile(_TOKEN).fullmatch
 _version = re.compile(rb"HTTP/([0-9])\.([0-9])").fullmatch
-# Host: uri-host [ ":" port ] (RFC 9110 7.2), empty allowed; IP-literal or reg-name.
-_host = re.compile(
-    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~%!$&'()*+,;=]*)(?::[0-9]*)?"
-)
-_authority = re.compile(
-    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z\-._~%!$&'()*+,;=]+):[0-9]+"
-).fullmatch
 _absolute = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*:").match
 _hex_size = re.compile(rb"[0-9A-Fa-f]+").fullmatch
 # chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
@@ -216,6 +211,9 @@ class PythonParser:
                 if end < 0:
                     if size - pos > self.limits.head:
                         raise ParseError(431, "trailer section too large")
+                    start = pos + self.scanned
+                    if buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
+                        raise ParseError(400, "bare LF in trailer section")
                     self.scanned = max(size - pos - 3, 0)
                     break
                 self.scanned = 0
@@ -237,12 +235,15 @@ class PythonParser:
         limits = self.limits
         start = pos + self.scanned
         if not self.line_seen:
-            if buf.find(b"\r\n", start) >= 0:
+            # The first LF ends the request line: a bare one is refused however the
+            # head was cut (so whole and in pieces agree).
+            lf = buf.find(b"\n", start)
+            if lf >= 0:
+                if lf == pos or buf[lf - 1] != 13:
+                    raise ParseError(400, "bare LF in request line")
                 self.line_seen = True
             elif len(buf) - pos > limits.request_line + REQUEST_LINE_EXTRA:
                 raise ParseError(414, "request line too long")
-            elif buf.find(b"\n", start) >= 0:
-                raise ParseError(400, "bare LF in request line")
         if len(buf) - pos > limits.head:
             raise ParseError(431, "request header fields too large")
         if buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
@@ -287,7 +288,7 @@ class PythonParser:
         if target[0] != 47:  # not origin-form ("/...")
             _check_other_target(method, target)
         elif method == "CONNECT":
-            raise ParseError(400, "CONNECT needs an authority-form target (host:port)")
+            check_connect_target(target)  # (refuses it)
 
         if len(head) > limits.field_size:
             field_size = limits.field_size
@@ -332,15 +333,14 @@ class PythonParser:
             if http_version == "1.1":
                 raise ParseError(400, "missing Host header")
         elif host != self.last_host:
-            if _host.fullmatch(host) is None:
-                raise ParseError(400, "invalid Host header")
+            check_host(host)
             self.last_host = host
 
         # Framing is decided before the request is passed on: a request that will be
         # rejected must never reach the app.
         state = HEAD
         if transfer_encoding is not None:
-            _check_transfer_encoding(http_version, transfer_encoding, content_length)
+            check_transfer_encoding(http_version, transfer_encoding, content_length)
             state = CHUNK_SIZE
         elif content_length is not None:
             digits = content_length.lstrip(b"0")  # (leading zeros are allowed: 1*DIGIT)
@@ -417,8 +417,7 @@ def _check_other_target(method: str, target: bytes) -> None:
     """absolute-form for any method, authority-form for CONNECT only, asterisk-form
     for OPTIONS only (RFC 9112 3.2)."""
     if method == "CONNECT":
-        if _authority(target) is None:
-            raise ParseError(400, "CONNECT needs an authority-form target (host:port)")
+        check_connect_target(target)
     elif target == b"*":
         if method != "OPTIONS":
             raise ParseError(400, "asterisk-form target outside OPTIONS")
@@ -431,26 +430,6 @@ def _keep_alive(http_version: str, connection: bytes) -> bool:
     if b"close" in tokens:
         return False
     return http_version == "1.1" or b"keep-alive" in tokens
-
-
-def _check_transfer_encoding(http_version: str, value: bytes, content_length) -> None:
-    """RFC 9112 6.1 and 6.3: chunked must be the final coding and appear once;
-    Transfer-Encoding excludes Content-Length and HTTP/1.0 (a faulty framing)."""
-    if content_length is not None:
-        raise ParseError(400, "Content-Length together with Transfer-Encoding")
-    if http_version != "1.1":
-        raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")
-    # Empty list elements do not count (RFC 9110 5.6.1): "chunked," is chunked.
-    codings = [c for c in (c.strip(b" \t").lower() for c in value.split(b",")) if c]
-    if not codings or codings[-1] != b"chunked":
-        raise ParseError(400, "Transfer-Encoding does not end with chunked")
-    if len(codings) > 1:
-        for coding in codings[:-1]:
-            if coding == b"chunked":
-                raise ParseError(400, "chunked applied more than once")
-            if _token(coding) is None:
-                raise ParseError(400, "invalid transfer coding")
-        raise ParseError(501, "transfer codings other than chunked are not implemented")
 
 
 def _chunk_size(line: bytes) -> int:
