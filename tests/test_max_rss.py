@@ -4,8 +4,9 @@ samples (one a second) is replaced the way a rolling restart replaces it.
 Real servers run ``apps.memory:app``, whose ``/grow?mb=N`` makes the answering shard
 hold N MiB more (written, so resident); a shard forked from the template starts at
 about 25 MB, so ``--limit-max-rss 80`` leaves a shard that has not grown well under it
-and one that grew by 100 MB well over it.  The counting rule itself is checked on the
-supervisor directly, where time and samples are exact.
+and one that grew by 100 MB well over it.  Which shards may be replaced, and the log
+line, are checked on the supervisor directly, where time and samples are exact (the
+counting rule alone: tests/test_policies.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import ROOT, TESTS, exchange, parse_responses
 from shardserve.config import Config
 from shardserve.coord import supervisor as sup
+from shardserve.coord.handles import ProcessHandle, Slot, Status
 from shardserve.coord.placement import Placement, ShardSpec
+from shardserve.coord.policies import RSS_RETRY_SECONDS
 from shardserve.errors import ConfigError
 from shardserve.messages import LATENCY_BUCKETS, Stats
 
@@ -315,12 +318,12 @@ def _supervised(limit_mb: int = 100):
         Placement([ShardSpec(0), ShardSpec(1)]),
         "test",
     )
-    supervisor.running = True
+    supervisor.phase = sup.Phase.RUNNING
     supervisor._replace = replacements = Replacements()
-    slot = sup.Slot(0, [], None)
+    slot = Slot(0, [], None)
     supervisor.slots = [slot]
-    proc = sup.ShardProcess(slot, 1)
-    proc.pid, proc.state, slot.generation, slot.current = 4321, "ready", 1, proc
+    proc = ProcessHandle(slot, 1)
+    proc.pid, proc.status, slot.generation, slot.current = 4321, Status.READY, 1, proc
     return supervisor, proc, replacements
 
 
@@ -372,15 +375,15 @@ def test_only_a_ready_current_shard_of_a_running_server_is_replaced_for_memory()
         for change in ("draining", "not current", "busy", "stopping", "starting up"):
             supervisor, proc, replacements = _supervised()
             if change == "draining":
-                proc.state = "draining"
+                proc.status = Status.DRAINING
             elif change == "not current":
                 proc.slot.current = None
             elif change == "busy":
                 proc.slot.busy = True
             elif change == "stopping":
-                supervisor.stopping = True
+                supervisor.phase = sup.Phase.STOPPING
             else:
-                supervisor.running = False
+                supervisor.phase = sup.Phase.STARTING
             for _ in range(5):
                 supervisor._on_message(proc, _stats(500))
             await asyncio.sleep(0)
@@ -399,11 +402,11 @@ def test_a_failed_memory_replacement_is_tried_again_after_a_while():
         await asyncio.sleep(0)
         assert replacements.calls == [(0, "memory")]
         # Still above the limit, but not tried again until RSS_RETRY_SECONDS after.
-        supervisor._check_memory(proc, _stats(150), now + sup.RSS_RETRY_SECONDS - 1)
+        supervisor._check_memory(proc, _stats(150), now + RSS_RETRY_SECONDS - 1)
         await asyncio.sleep(0)
         assert len(replacements.calls) == 1
         replacements.outcome = True
-        supervisor._check_memory(proc, _stats(150), now + sup.RSS_RETRY_SECONDS + 1)
+        supervisor._check_memory(proc, _stats(150), now + RSS_RETRY_SECONDS + 1)
         await asyncio.sleep(0)
         assert len(replacements.calls) == 2
 

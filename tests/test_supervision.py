@@ -870,6 +870,59 @@ def test_connections_queued_on_a_removed_shards_listener_are_not_reset(serve):
     assert coordinator_alive(server)
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on ``port`` (one per SO_REUSEPORT member)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _listeners_held(pid: int, inodes: set[str]) -> int:
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held.add(target[8:-1])
+    return len(held)
+
+
+def test_remove_add_remove_add_keeps_one_listener_per_shard(serve):
+    """SIGTTOU, SIGTTIN, SIGTTOU, SIGTTIN: the added shard takes back the removed one's
+    listener (no new socket joins the group), and the shard that had adopted it is
+    replaced by one that serves its own alone: 2 listeners, one per shard."""
+    server = serve(APP, "--shards", "2")
+    shards = initial_shards(server)
+    assert len(_listening_inodes(server.port)) == 2
+    for cycle in (1, 2):
+        server.signal(signal.SIGTTOU)
+        server.wait_for(r"Removing shard 1; 1 shards now\.", 5)
+        server.wait_for(rf"Finished shard 1 \[{shards[1]}\]", 8)
+        server.signal(signal.SIGTTIN)
+        server.wait_for(r"Added shard 1; 2 shards now\.", 8)
+        # The heir (shard 0) is replaced by a successor without the adopted listener.
+        heir = shards[0]
+
+        def heir_replaced(heir=heir) -> bool:
+            return [pid for i, pid in started(server) if i == 0][-1] != heir
+
+        wait_until(heir_replaced, 10, f"shard 0's successor (cycle {cycle})")
+        server.wait_for(rf"Finished shard 0 \[{heir}\]", 8)
+        shards = {index: pid for index, pid in started(server)}  # (the latest of each)
+    inodes = _listening_inodes(server.port)
+    assert len(inodes) == 2, "the SO_REUSEPORT group grew: a new listener per cycle"
+    assert [_listeners_held(shards[i], inodes) for i in (0, 1)] == [1, 1]
+    assert set(pids_answering(server, 20, until=lambda seen: len(seen) == 2)) == set(
+        shards.values()
+    )
+    assert coordinator_alive(server)
+
+
 # 11. Malformed control messages -----------------------------------------------------------
 
 

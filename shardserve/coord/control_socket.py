@@ -29,9 +29,13 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..procfs import rss_bytes
+
+if TYPE_CHECKING:
+    from .snapshot import ServerView
+    from .stats import StatsBook
 
 logger = logging.getLogger("shardserve.error")
 
@@ -218,20 +222,15 @@ class ControlSocket:
         await writer.drain()
 
 
-def status_report(supervisor: Any) -> dict:
+def status_report(view: ServerView, book: StatsBook) -> dict:
     """What `shardserve status` gets: the server, one row per shard, totals."""
-    book = supervisor.book
     totals = book.totals()
     return {
-        "pid": os.getpid(),
-        "where": supervisor.where,
-        "state": "stopping"
-        if supervisor.stopping
-        else "running"
-        if supervisor.running
-        else "starting",
+        "pid": view.pid,
+        "where": view.where,
+        "state": view.state,
         "coordinator_rss_bytes": rss_bytes(),
-        "shards": shard_rows(supervisor),
+        "shards": shard_rows(view, book),
         "totals": dict(totals.values),
         "responses": totals.responses,
         "reloads": book.reloads,
@@ -239,24 +238,22 @@ def status_report(supervisor: Any) -> dict:
     }
 
 
-def shard_rows(supervisor: Any) -> list[dict]:
+def shard_rows(view: ServerView, book: StatsBook) -> list[dict]:
     """One row per shard slot: what it runs now and what it did lately."""
     now = time.monotonic()
-    book = supervisor.book
     rows = []
-    for slot in supervisor.slots:
-        proc = slot.current
-        tally = book.shard(slot.index)
-        latest = book.latest(slot.index)
-        recent = book.recent(slot.index, now)
+    for shard in view.shards:
+        tally = book.shard(shard.index)
+        latest = book.latest(shard.index)
+        recent = book.recent(shard.index, now)
         rows.append(
             {
-                "index": slot.index,
-                "pid": proc.pid if proc else None,
-                "mode": slot.mode,
-                "cpus": list(slot.cpus) if slot.cpus else None,
-                "state": proc.state if proc else "none",
-                "generation": proc.generation if proc else 0,
+                "index": shard.index,
+                "pid": shard.pid,
+                "mode": shard.mode,
+                "cpus": list(shard.cpus) if shard.cpus else None,
+                "state": shard.state,
+                "generation": shard.generation,
                 "requests": tally["requests"],
                 "rps_10s": recent["rps"],
                 "cpu_percent_10s": recent["cpu_percent"],
@@ -266,7 +263,7 @@ def shard_rows(supervisor: Any) -> list[dict]:
                 "active_requests": tally["active_requests"],
                 "ws_open": tally["ws_open"],
                 "errors": tally["parse_errors"] + tally["app_errors"] + tally["timeouts"],
-                "restarts": book.restarts_of.get(slot.index, 0),
+                "restarts": book.restarts_of.get(shard.index, 0),
                 "rss_bytes": latest.rss_bytes if latest else None,
                 "uptime_s": round(latest.uptime_seconds, 1) if latest else None,
             }

@@ -38,8 +38,9 @@ load_app(app, factory=factory, app_dir=app_dir)
 _REFUSES = re.compile(r"module '?([\w.]+)'? does not support loading in subinterpreters")
 
 
-class InterpreterShard:
-    """The coordinator's handle on one running subinterpreter shard."""
+class RunningInterpreter:
+    """A shard's interpreter and the thread running it (coord/handles.py's
+    InterpreterHandle holds one)."""
 
     def __init__(self) -> None:
         self.interp: Any = None
@@ -61,12 +62,12 @@ def start_interpreter_shard(
     listeners: list[socket.socket],
     on_end: Callable[[int, str | None], None],
     name: str,
-) -> tuple[InterpreterShard, Any, Any, socket.socket]:
+) -> tuple[RunningInterpreter, Any, Any, socket.socket]:
     """Start a shard in a new interpreter; ``on_end(code, error)`` is called from its
     thread when it ends.  Returns the handle, the queues (to shard, to coordinator)
     and the coordinator's end of the doorbell."""
     api = require()
-    handle = InterpreterShard()
+    handle = RunningInterpreter()
     to_shard, to_coordinator = api.create_queue(), api.create_queue()
     ours, theirs = socket.socketpair()
     fds = [os.dup(sock.fileno()) for sock in listeners]
