@@ -54,7 +54,7 @@ class FrameReader:
         return frames
 
 
-class _End:
+class ChannelEnd:
     """What both kinds of channel end share: callbacks, received fds, and how
     payloads become messages.
 
@@ -112,7 +112,7 @@ class _End:
         raise NotImplementedError
 
 
-class Channel(_End):
+class Channel(ChannelEnd):
     """One end of a control socketpair, driven by an event loop."""
 
     def __init__(
@@ -221,7 +221,7 @@ class Channel(_End):
         self.sock.close()
 
 
-class QueueChannel(_End):
+class QueueChannel(ChannelEnd):
     """One end of a control channel between interpreters of one process: encoded
     messages through an interpreters queue each way, and a socketpair *doorbell*
     that wakes the reader's event loop (``loop.add_reader``), so nobody polls.

@@ -14,7 +14,6 @@ import ctypes
 import socket
 
 SO_ATTACH_REUSEPORT_CBPF = 51
-SO_DETACH_REUSEPORT_BPF = 68
 
 _BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _BPF_RET_A = 0x16  # BPF_RET | BPF_A
@@ -43,6 +42,3 @@ def attach_cpu_steering(sock: socket.socket) -> None:
     fprog = _SockFprog(len(program), program)
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
 
-
-def detach_steering(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
