@@ -151,11 +151,3 @@ def _load_log_config(path: str) -> None:
         raise
     except Exception as exc:
         raise ConfigError(f"--log-config {path}: {exc}") from None
-
-
-def flush_logs() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import Config
 from ..messages import LATENCY_BUCKETS, METHODS, OTHER_METHOD, STATUS_CLASSES
 from .access_log import AccessLog
+from .connection import Connection
 from .http.parser import Limits, parser_class
 from .http.proxy import parse_trusted
 from .http.response import DATE, SERVER, canned_response
@@ -137,7 +138,8 @@ class ShardState:
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
         self.access_logger = AccessLog(access_logger)
         self.lifespan_state: dict[str, Any] = {}
-        self.connections: set = set()
+        # Open connections (HTTP and WebSocket): the ticker and shutdown go through them.
+        self.connections: set[Connection] = set()
         self.active_requests = 0
         self.counters = ShardCounters()
         self.draining = False
@@ -182,6 +184,7 @@ class ShardState:
             self.on_max_requests()
 
     def sweep_timeouts(self) -> None:
+        """Every connection's timeouts, by the one clock they all use: ``now``."""
         now = self.now
         for conn in tuple(self.connections):
             conn.check_timeouts(now)

@@ -93,10 +93,10 @@ class RequestCycle:
     # Running the app ---------------------------------------------------------
 
     async def run(self) -> None:
-        shard = self.conn.shard
-        shard.active_requests += 1
+        shard_state = self.conn.state
+        shard_state.active_requests += 1
         try:
-            result = await shard.app(self.scope, self.receive, self.send)
+            result = await shard_state.app(self.scope, self.receive, self.send)
         except BaseException as exc:  # noqa: BLE001 - every failure ends this exchange
             self._app_failed(exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -111,7 +111,7 @@ class RequestCycle:
             elif result is not None:
                 logger.error("ASGI callable returned a value other than None: %r", result)
         finally:
-            shard.active_requests -= 1
+            shard_state.active_requests -= 1
 
     def _app_failed(self, exc: BaseException) -> None:
         if isinstance(exc, CancelledError):
@@ -137,7 +137,7 @@ class RequestCycle:
                 self.status = 0  # no response: the client left first
             else:
                 self.status = 500
-                response = conn.shard.canned(500)
+                response = conn.state.canned(500)
                 conn.transport.write(response)
                 conn.counters.bytes_out += len(response)
         self.state = COMPLETE
@@ -224,10 +224,10 @@ class RequestCycle:
         )
 
     def _start(self, status: int, headers) -> None:
-        shard = self.conn.shard
+        shard_state = self.conn.state
         content_length = None
         app_chunked = close = False
-        defaults = shard.default_headers
+        defaults = shard_state.default_headers
         # (type check: 200.0 == 200 would find a status line, and the class index.)
         line = STATUS_LINES.get(status) if type(status) is int else None
         lines = [line or status_line(status), defaults]
@@ -246,7 +246,7 @@ class RequestCycle:
                 elif kind == CONNECTION:
                     close = argument
                 else:  # SERVER or DATE: the app's own replaces the default
-                    defaults = lines[1] = shard.defaults_without(kind, defaults)
+                    defaults = lines[1] = shard_state.defaults_without(kind, defaults)
 
         scope = self.scope
         keep_alive = self.keep_alive and not close and not self.conn.draining

@@ -70,14 +70,14 @@ class RequestParser(Protocol):
 
 
 # Interned method names: the common ones are looked up, not decoded, per request.
-METHODS = {
+INTERNED_METHODS = {
     m.encode(): m
     for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 }
 
 
 def decode_method(raw: bytes) -> str:
-    method = METHODS.get(raw)
+    method = INTERNED_METHODS.get(raw)
     return method if method is not None else raw.decode("ascii")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import httptools
 
 from .framing import check_connect_target, check_host, check_transfer_encoding
-from .parser import METHODS, Limits, ParseError, RequestSink, check_version, decode_method
+from .parser import INTERNED_METHODS, Limits, ParseError, RequestSink, check_version, decode_method
 
 _HttpParserCallbackError = httptools.HttpParserCallbackError
 _HttpParserError = httptools.HttpParserError
@@ -166,7 +166,7 @@ class HttptoolsParser:
         self.in_head = False
         self.in_message = True
         self.sink.on_request(
-            METHODS.get(method) or decode_method(method),
+            INTERNED_METHODS.get(method) or decode_method(method),
             url,
             http_version,
             headers,

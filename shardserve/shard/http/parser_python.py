@@ -25,7 +25,7 @@ import re
 from .framing import TOKEN as _TOKEN
 from .framing import check_connect_target, check_host, check_transfer_encoding
 from .framing import token as _token
-from .parser import METHODS, Limits, ParseError, RequestSink
+from .parser import INTERNED_METHODS, Limits, ParseError, RequestSink
 
 # Parser states.
 HEAD = 0  # waiting for (the rest of) a request head
@@ -267,7 +267,7 @@ class PythonParser:
         if len(parts) != 3:
             raise ParseError(400, "malformed request line")
         raw_method, target, raw_version = parts
-        method = METHODS.get(raw_method)
+        method = INTERNED_METHODS.get(raw_method)
         if method is None:
             if _token(raw_method) is None:
                 raise ParseError(400, "invalid method")

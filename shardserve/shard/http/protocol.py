@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from ...messages import LATENCY_BUCKETS
+from ..connection import WriteFlow
 from ..state import METHOD_SLOTS, OTHER_SLOT
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
 from ..ws.session import WebSocketSession
@@ -58,9 +59,11 @@ _SelectorSocketTransport = getattr(asyncio.selector_events, "_SelectorSocketTran
 ASYNCIO_READ_SIZE = 64 * 1024
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlow, asyncio.Protocol):
+    """One TCP connection speaking HTTP/1.1: a ``Connection`` of its shard."""
+
     __slots__ = (
-        "shard",
+        "state",
         "counters",
         "loop",
         "transport",
@@ -89,10 +92,10 @@ class HttpConnection(asyncio.Protocol):
         "feeding",
     )
 
-    def __init__(self, shard: ShardState, scheme: str = "http") -> None:
-        self.shard = shard
-        self.counters = shard.counters
-        self.loop = shard.loop
+    def __init__(self, state: ShardState, scheme: str = "http") -> None:
+        self.state = state
+        self.counters = state.counters
+        self.loop = state.loop
         self.scheme = scheme
         self.transport = None
         self.parser = None
@@ -105,9 +108,9 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter = None
         self.timer = IDLE
-        self.timer_since = shard.now
+        self.timer_since = state.now
         self.rejection = b""
-        self.body_limit = shard.limit_request_body  # None: no limit
+        self.body_limit = state.limit_request_body  # None: no limit
         self.body_received = 0  # of the body being parsed, counted only with a limit
         self.start, self.close_starter = eager_starter(self.loop)
         self.ready: RequestCycle | None = None  # parsed, to be started once feeding ends
@@ -119,15 +122,15 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         if type(transport) is _SelectorSocketTransport:
             transport.max_size = ASYNCIO_READ_SIZE
-        shard = self.shard
-        shard.connections.add(self)
+        state = self.state
+        state.connections.add(self)
         self.counters.connections += 1
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
-        self.trusted = shard.proxy_headers and (
-            (self.client[0] if self.client else None) in shard.trusted
+        self.trusted = state.proxy_headers and (
+            (self.client[0] if self.client else None) in state.trusted
         )
-        self.parser = shard.parser_class(self, shard.limits)
+        self.parser = state.parser_class(self, state.limits)
         # What every request on this connection shares; copied, then completed, per request.
         self.scope_template = {
             "type": "http",
@@ -137,14 +140,14 @@ class HttpConnection(asyncio.Protocol):
             "client": self.client,
             "scheme": self.scheme,
             "method": "GET",
-            "root_path": shard.root_path,
+            "root_path": state.root_path,
             "path": "/",
             "raw_path": b"/",
             "query_string": b"",
             "headers": [],
             "state": None,
         }
-        if shard.draining:
+        if state.draining:
             # Accepted just before the listener closed: answer it, then close.
             self.draining = True
 
@@ -152,7 +155,7 @@ class HttpConnection(asyncio.Protocol):
         self.counters.bytes_in += len(data)
         if self.timer == IDLE:
             self.timer = READING_HEAD
-            self.timer_since = self.shard.now
+            self.timer_since = self.state.now
         self.feeding = True
         try:
             self.parser.feed(data)
@@ -179,32 +182,16 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer = NO_TIMER
-        self.shard.connections.discard(self)
+        self.state.connections.discard(self)
         cycle = self.cycle
         if cycle is not None:
             cycle.wake()
         self.pipeline.clear()
         self.ready = None
         self.close_starter()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake_writer()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait_writable(self) -> None:
-        """Wait until the transport's write buffer drains (or the client leaves)."""
-        waiter = self.drain_waiter
-        if waiter is None or waiter.done():
-            waiter = self.drain_waiter = self.loop.create_future()
-        await waiter
+    # (pause_writing, resume_writing and wait_writable: WriteFlow)
 
     # Parser callbacks ------------------------------------------------------------
 
@@ -217,9 +204,9 @@ class HttpConnection(asyncio.Protocol):
         keep_alive: bool,
     ) -> None:
         self.timer = NO_TIMER
-        shard = self.shard
-        limit = shard.limit_concurrency
-        if limit is not None and (len(shard.connections) > limit or shard.active_requests >= limit):
+        state = self.state
+        limit = state.limit_concurrency
+        if limit is not None and (len(state.connections) > limit or state.active_requests >= limit):
             raise ParseError(503, "concurrency limit reached")
         if self.body_limit is not None:
             _check_declared_length(headers, self.body_limit)
@@ -241,12 +228,12 @@ class HttpConnection(asyncio.Protocol):
         scope["raw_path"] = raw_path
         scope["query_string"] = query
         scope["headers"] = headers
-        scope["state"] = shard.lifespan_state.copy()
-        if shard.root_path:
-            scope["path"] = shard.root_path + path
-            scope["raw_path"] = shard.root_path_bytes + raw_path
+        scope["state"] = state.lifespan_state.copy()
+        if state.root_path:
+            scope["path"] = state.root_path + path
+            scope["raw_path"] = state.root_path_bytes + raw_path
         if self.trusted:
-            apply_proxy_headers(scope, headers, shard.trusted)
+            apply_proxy_headers(scope, headers, state.trusted)
 
         cycle = RequestCycle(self, scope, keep_alive)
         self.parsing = cycle
@@ -282,7 +269,7 @@ class HttpConnection(asyncio.Protocol):
             cycle.wake()
         if self.cycle is None:
             self.timer = IDLE
-            self.timer_since = self.shard.now
+            self.timer_since = self.state.now
 
     # Flow control ------------------------------------------------------------------
 
@@ -307,7 +294,7 @@ class HttpConnection(asyncio.Protocol):
 
     def response_done(self, cycle: RequestCycle) -> None:
         """Called once per exchange, when its response is complete (or abandoned)."""
-        shard = self.shard
+        state = self.state
         counters = self.counters
         elapsed = perf_counter() - cycle.started
         # (A fast answer skips the search: most land in the first bucket.)
@@ -317,13 +304,13 @@ class HttpConnection(asyncio.Protocol):
         counters.latency_sum += elapsed
         status = cycle.status
         counters.responses[METHOD_SLOTS.get(cycle.scope["method"], OTHER_SLOT) + status // 100] += 1
-        if shard.access_log and status:  # (0: the client left before any response)
+        if state.access_log and status:  # (0: the client left before any response)
             self._log_access(cycle)
-        left = shard.requests_left
+        left = state.requests_left
         if left is not None:
-            shard.requests_left = left = left - 1
+            state.requests_left = left = left - 1
             if left <= 0:
-                shard.max_requests_reached()
+                state.max_requests_reached()
         if self.cycle is not cycle:
             return
         if not cycle.keep_alive or self.draining or self.closed:
@@ -346,7 +333,7 @@ class HttpConnection(asyncio.Protocol):
             return
         elif self.parsing is None:
             self.timer = IDLE
-            self.timer_since = shard.now
+            self.timer_since = state.now
         if self.read_paused:
             self.maybe_resume_reading()
 
@@ -354,7 +341,7 @@ class HttpConnection(asyncio.Protocol):
         scope = cycle.scope
         query = scope["query_string"]
         path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        self.shard.access_logger.log(
+        self.state.access_logger.log(
             scope["client"], scope["method"], path, scope["http_version"], cycle.status
         )
 
@@ -364,14 +351,14 @@ class HttpConnection(asyncio.Protocol):
         """Answer malformed input with ``status`` and close, after any responses owed."""
         if self.rejection or self.closed:
             return
-        shard = self.shard
+        state = self.state
         counters = self.counters
         if status == 503:
             counters.overloaded += 1
         elif status != 408:  # (timeouts are counted where they are found)
             counters.parse_errors += 1
         logger.debug("Invalid HTTP request (%d): %s", status, reason)
-        self.rejection = shard.canned(status)
+        self.rejection = state.canned(status)
         self.parser = _Discard
         self.pause_reading()
         cycle = self.cycle
@@ -404,15 +391,15 @@ class HttpConnection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         timer = self.timer
         if timer == IDLE:
-            if now - self.timer_since >= self.shard.timeout_keep_alive:
+            if now - self.timer_since >= self.state.timeout_keep_alive:
                 self.close()
         elif timer == READING_HEAD:
-            if now - self.timer_since >= self.shard.timeout_request_header:
+            if now - self.timer_since >= self.state.timeout_request_header:
                 self.counters.timeouts += 1
                 self.timer = NO_TIMER
                 self.reject(408, "request head not received in time")
         elif timer == READING_BODY:
-            limit = self.shard.timeout_request_body
+            limit = self.state.timeout_request_body
             if limit and now - self.timer_since >= limit:
                 self.counters.timeouts += 1
                 logger.debug("Request body stalled for %g s: closing", limit)
@@ -427,7 +414,7 @@ class HttpConnection(asyncio.Protocol):
         """The app waits for request body: from now on the client has
         --timeout-request-body to send some."""
         self.timer = READING_BODY
-        self.timer_since = self.shard.now
+        self.timer_since = self.state.now
 
     def close_when_idle(self) -> None:
         """Close now if idle, else after the response in flight (graceful shutdown)."""
@@ -456,7 +443,7 @@ class HttpConnection(asyncio.Protocol):
         end).  Take the connection over for WebSocket and return True, or return
         False to carry on with HTTP (the request is then answered as plain HTTP)."""
         cycle = self.ready
-        if cycle is None or self.pipeline or not self.shard.ws.enabled:
+        if cycle is None or self.pipeline or not self.state.ws.enabled:
             return False
         scope = cycle.scope
         if scope["http_version"] != "1.1":
@@ -471,15 +458,15 @@ class HttpConnection(asyncio.Protocol):
             status, reason = problem
             logger.debug("Invalid WebSocket handshake (%d): %s", status, reason)
             extra = b"sec-websocket-version: 13\r\n" if status == 426 else b""
-            response = canned_response(status, extra=self.shard.default_headers + extra)
+            response = canned_response(status, extra=self.state.default_headers + extra)
             self.transport.write(response)
             self.counters.parse_errors += 1
             self.counters.bytes_out += len(response)
             self.close()
             return True
-        self.shard.connections.discard(self)
+        self.state.connections.discard(self)
         self.closed = True  # as far as this object is concerned: the session owns it now
-        session = WebSocketSession(self.shard, self.transport, websocket_scope(scope))
+        session = WebSocketSession(self.state, self.transport, websocket_scope(scope))
         session.start(rest)
         return True
 
@@ -504,7 +491,7 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self.parser = _Lingering(transport)
         self.timer = LINGERING
-        self.timer_since = self.shard.now
+        self.timer_since = self.state.now
         transport.write_eof()
         if self.read_paused:
             self.read_paused = False

@@ -56,6 +56,7 @@ def parse_trusted(value: str | Iterable[str]) -> TrustedProxies:
     return TrustedProxies(everything, networks, names)
 
 
+# A proxy may name the scheme it was reached by as ws/wss: the http scope's is http/https.
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
@@ -97,7 +98,8 @@ PROXY_HEADERS = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded
 def apply_proxy_headers(
     scope: dict, headers: list[tuple[bytes, bytes]], trusted: TrustedProxies
 ) -> None:
-    """Rewrite scope['client'] and scope['scheme'] from trusted proxy headers."""
+    """Rewrite an http scope's client and scheme from trusted proxy headers.  (A
+    websocket scope is made from the http scope after this: see websocket_scope.)"""
     forwarded = x_for = x_proto = None
     for name, value in headers:
         if name not in PROXY_HEADERS:
@@ -123,20 +125,14 @@ def apply_proxy_headers(
                     break
         proto = _SCHEMES.get(element.get("proto", "").lower())
         if proto is not None:
-            scope["scheme"] = _ws_scheme(scope, proto)
+            scope["scheme"] = proto
         return
     if x_proto is not None:
         proto = _SCHEMES.get(x_proto.decode("latin-1").split(",")[-1].strip().lower())
         if proto is not None:
-            scope["scheme"] = _ws_scheme(scope, proto)
+            scope["scheme"] = proto
     if x_for is not None:
         hops = [h.strip() for h in x_for.decode("latin-1").split(",") if h.strip()]
         host = _pick_client(hops, trusted)
         if host is not None:
             scope["client"] = (host, 0)
-
-
-def _ws_scheme(scope: dict, http_scheme: str) -> str:
-    if scope["type"] == "websocket":
-        return "wss" if http_scheme == "https" else "ws"
-    return http_scheme

@@ -15,7 +15,6 @@ import asyncio
 import codecs
 import logging
 import os
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from ..connection import WriteFlow
 from ..http.cycle import ClientDisconnected
 from ..http.response import render_header, status_line
 
@@ -39,7 +39,6 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 CLOSE_TIMEOUT = 10.0  # for the client's close frame once we have sent ours
 PRE_ACCEPT_BUFFER = 64 * 1024  # bytes a client may send before the app accepts
 
-GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
 SERVICE_RESTART = 1012
 
@@ -55,12 +54,14 @@ class _ServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
-class WebSocketSession(asyncio.Protocol):
-    def __init__(self, shard: ShardState, transport, scope: dict[str, Any]) -> None:
-        config = shard.ws
-        self.shard = shard
-        self.counters = shard.counters
-        self.loop = shard.loop
+class WebSocketSession(WriteFlow, asyncio.Protocol):
+    """One WebSocket connection: a ``Connection`` of its shard."""
+
+    def __init__(self, state: ShardState, transport, scope: dict[str, Any]) -> None:
+        config = state.ws
+        self.state = state
+        self.counters = state.counters
+        self.loop = state.loop
         self.transport = transport
         self.scope = scope
         self.max_queue = config.max_queue
@@ -97,7 +98,7 @@ class WebSocketSession(asyncio.Protocol):
         self.decoder = None
         self.ping_payload: bytes | None = None
         self.ping_sent_at = 0.0
-        self.last_ping = time.monotonic()
+        self.last_ping = state.now  # (the shard's clock: see check_timeouts)
         self.denial: tuple[int, list] | None = None
         self.denial_body: list[bytes] = []
         self.task: asyncio.Task | None = None
@@ -108,16 +109,16 @@ class WebSocketSession(asyncio.Protocol):
     def start(self, leftover: bytes) -> None:
         """Take over the transport and run the app."""
         self.transport.set_protocol(self)
-        self.shard.connections.add(self)
+        self.state.connections.add(self)
         if leftover:
             self.data_received(leftover)
         self.task = self.loop.create_task(self.run())
 
     async def run(self) -> None:
-        shard = self.shard
-        shard.active_requests += 1
+        state = self.state
+        state.active_requests += 1
         try:
-            await shard.app(self.scope, self.receive, self.send)
+            await state.app(self.scope, self.receive, self.send)
         except BaseException as exc:  # noqa: BLE001 - every failure ends this connection
             if not isinstance(exc, asyncio.CancelledError) and not (
                 self.closed and isinstance(exc, OSError)
@@ -134,7 +135,7 @@ class WebSocketSession(asyncio.Protocol):
             elif self.accepted and self.close_sent_at is None and not self.closed:
                 self._close(1000, "")
         finally:
-            shard.active_requests -= 1
+            state.active_requests -= 1
 
     def _end_after_failure(self) -> None:
         if self.closed:
@@ -215,7 +216,7 @@ class WebSocketSession(asyncio.Protocol):
                 raise RuntimeError(f"Unexpected ASGI message {kind!r} before the handshake")
             return
         if self.write_paused and not self.closed:
-            await self._wait_writable()
+            await self.wait_writable()
         if self.closed or self.close_sent_at is not None:
             raise ClientDisconnected("the WebSocket is closed")
         protocol = self.protocol
@@ -248,7 +249,7 @@ class WebSocketSession(asyncio.Protocol):
             return
         for name, value in message.get("headers", ()):
             response.headers[_text(name)] = _text(value)
-        if self.shard.server_header and "Server" not in response.headers:
+        if self.state.server_header and "Server" not in response.headers:
             response.headers["Server"] = "shardserve"
         self.protocol.send_response(response)
         self.accepted = True
@@ -260,18 +261,18 @@ class WebSocketSession(asyncio.Protocol):
             self.data_received(pending)
 
     def _log(self, outcome: str) -> None:
-        if self.shard.access_log:
+        if self.state.access_log:
             scope = self.scope
             query = scope["query_string"]
             path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-            self.shard.access_logger.log_websocket(scope["client"], path, outcome)
+            self.state.access_logger.log_websocket(scope["client"], path, outcome)
 
     def _refuse(self, status: int) -> None:
         """An HTTP answer instead of the handshake (close before accept: 403)."""
         self._log(str(status))
         self.finished = True
         if not self.closed:
-            response = self.shard.canned(status)
+            response = self.state.canned(status)
             self.transport.write(response)
             self.counters.bytes_out += len(response)
             self.transport.close()
@@ -279,7 +280,7 @@ class WebSocketSession(asyncio.Protocol):
     def _send_denial(self) -> None:
         status, headers = self.denial
         body = b"".join(self.denial_body)
-        lines = [status_line(status), self.shard.default_headers]
+        lines = [status_line(status), self.state.default_headers]
         for header in headers:
             line, kind, _ = render_header(header)
             if kind == 0:  # framing is ours: Content-Length and Connection below
@@ -297,18 +298,12 @@ class WebSocketSession(asyncio.Protocol):
     def _close(self, code: int, reason: str) -> None:
         if self.close_sent_at is not None or self.closed:
             return
-        self.close_sent_at = time.monotonic()
+        self.close_sent_at = self.state.now
         try:
             self.protocol.send_close(code, reason)
         except InvalidState:
             pass
         self._flush()
-
-    async def _wait_writable(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is None or waiter.done():
-            waiter = self.drain_waiter = self.loop.create_future()
-        await waiter
 
     # Frames in and out -------------------------------------------------------------------
 
@@ -394,7 +389,7 @@ class WebSocketSession(asyncio.Protocol):
                 else:
                     transport.close()
         if self.close_sent_at is None and self.protocol.state is not State.OPEN:
-            self.close_sent_at = time.monotonic()  # closing: the close timeout runs
+            self.close_sent_at = self.state.now  # closing: the close timeout runs
 
     # asyncio.Protocol ------------------------------------------------------------------
 
@@ -411,51 +406,46 @@ class WebSocketSession(asyncio.Protocol):
             self.counters.ws_closed += 1
         self.closed = True
         self.finished = True
-        self.shard.connections.discard(self)
+        self.state.connections.discard(self)
         self._deliver_disconnect()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake_writer()
 
-    # Reading stops for either of two reasons, and resumes when neither holds:
-    # ``read_paused`` (the app is behind: --ws-max-queue messages wait, or a client
-    # sends before the accept) and ``write_paused`` (the client does not read what
-    # we write: the pongs and close frames the protocol answers with would otherwise
-    # pile up without bound in the write buffer).
+    # Write flow (pause_writing, resume_writing, wait_writable) is WriteFlow's; its
+    # hooks add the WebSocket's twist.  Reading stops for either of two reasons, and
+    # resumes when neither holds: ``read_paused`` (the app is behind: --ws-max-queue
+    # messages wait, or a client sends before the accept) and ``write_paused`` (the
+    # client does not read what we write: the pongs and close frames the protocol
+    # answers with would otherwise pile up without bound in the write buffer).
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
+    def writing_paused(self) -> None:
         if not self.read_paused and not self.closed:
             self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    def writing_resumed(self) -> None:
         if not self.read_paused and not self.closed:
             self.transport.resume_reading()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # The shard's ticker and shutdown -------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
-        monotonic = time.monotonic()
+        # ``now`` and every time stamped here (close_sent_at, last_ping, ping_sent_at)
+        # are the shard's coarse clock, ShardState.now, as for HTTP's timeouts.
         if self.close_sent_at is not None:
-            if monotonic - self.close_sent_at > CLOSE_TIMEOUT and not self.closed:
+            if now - self.close_sent_at > CLOSE_TIMEOUT and not self.closed:
                 self.transport.abort()  # the client never finished the closing handshake
             return
         if not self.accepted or self.ping_interval is None:
             return
         if self.ping_payload is not None:
-            if self.ping_timeout is not None and monotonic - self.ping_sent_at > self.ping_timeout:
+            if self.ping_timeout is not None and now - self.ping_sent_at > self.ping_timeout:
                 logger.debug("WebSocket ping not answered in %.0f s: closing", self.ping_timeout)
                 self.protocol.fail(INTERNAL_ERROR, "keepalive ping timeout")
-                self.close_sent_at = monotonic
+                self.close_sent_at = now
                 self._deliver_disconnect()
                 self._flush()
             return
-        if monotonic - self.last_ping >= self.ping_interval:
-            self.last_ping = self.ping_sent_at = monotonic
+        if now - self.last_ping >= self.ping_interval:
+            self.last_ping = self.ping_sent_at = now
             self.ping_payload = os.urandom(4)
             try:
                 self.protocol.send_ping(self.ping_payload)

@@ -1,0 +1,74 @@
+"""What a shard asks of each of its connections, and the write flow they share.
+
+A shard tracks its open connections in ``ShardState.connections``: HTTP/1.1
+connections (``http/protocol.py``) and the WebSocket sessions they hand over to
+(``ws/session.py``).  The shard's ticker and its shutdown see only ``Connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """A member of ``ShardState.connections``."""
+
+    def check_timeouts(self, now: float) -> None:
+        """The ticker's sweep, every 0.25 s: ``now`` is the shard's coarse clock
+        (``ShardState.now``), the one clock every connection's timeouts use."""
+
+    def drain(self, close_idle: bool) -> None:
+        """The shard is stopping (``close_idle``: close idle connections now) or being
+        replaced (leave them open until their next request or timeout)."""
+
+    def abort(self) -> None:
+        """The grace period is over: cancel the app and drop the connection."""
+
+
+class WriteFlow:
+    """The transport's write flow control, for an ``asyncio.Protocol``: the transport
+    calls ``pause_writing`` when its write buffer passes the high-water mark and
+    ``resume_writing`` when it drains; ``send()`` awaits ``wait_writable()`` while
+    ``write_paused``.
+
+    The class using it has ``loop``, ``write_paused`` (initially False) and
+    ``drain_waiter`` (initially None), and calls ``wake_writer()`` from
+    ``connection_lost`` so that no ``send()`` waits for a client that has left.
+    ``writing_paused`` / ``writing_resumed`` are hooks (no-ops here).
+    """
+
+    __slots__ = ()
+
+    loop: asyncio.AbstractEventLoop
+    write_paused: bool
+    drain_waiter: asyncio.Future | None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.writing_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.writing_resumed()
+        self.wake_writer()
+
+    def writing_paused(self) -> None:
+        """Hook: the write buffer has passed its high-water mark."""
+
+    def writing_resumed(self) -> None:
+        """Hook: the write buffer has drained (called before waiting senders wake)."""
+
+    async def wait_writable(self) -> None:
+        """Wait until the transport's write buffer drains (or the client leaves)."""
+        waiter = self.drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self.drain_waiter = self.loop.create_future()
+        await waiter
+
+    def wake_writer(self) -> None:
+        """Release whoever waits in ``wait_writable``."""
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
