@@ -72,6 +72,7 @@ class Shard:
         self._close_idle: bool | None = None
         self._servers: list[asyncio.AbstractServer | Listener] = []
         self._serve_socket: Callable[[socket.socket], Any] | None = None
+        self._adopting: set[asyncio.Task] = set()  # listeners handed over, being served
         # Hooks for whoever hosts the shard (the coordinator's process shard sets them).
         self.on_ready: Callable[[Shard], None] | None = None
         self.on_second: Callable[[Shard], None] | None = None
@@ -219,7 +220,15 @@ class Shard:
         """Serve one more listener from now on (the coordinator hands it over)."""
         self.sockets.append(sock)
         if self._serve_socket is not None and not self._stop.is_set():
-            self.loop.create_task(self._serve_socket(sock))
+            task = self.loop.create_task(self._serve_socket(sock))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Shard %d could not serve an adopted listener", self.index,
+                         exc_info=task.exception())  # fmt: skip
 
     def _on_max_requests(self) -> None:
         if self._stop.is_set():
