@@ -19,6 +19,7 @@ import sys
 import time
 
 from .coord.control_socket import UnsafePath, check_own_socket, check_private_directory, runtime_dir
+from .counters import COUNTS, ERRORS, ROW
 
 COMMANDS = ("status", "reload", "stop")
 
@@ -97,7 +98,12 @@ def _mb(value) -> float | None:
     return None if value is None else round(value / 2**20, 1)
 
 
-# (heading, cell): the last 10 seconds' figures, then counts since the server started.
+def _key(name: str):
+    return lambda row: row[name]
+
+
+# (heading, cell): the last 10 seconds' figures, then counts since the server started:
+# the counter table's entries with a column heading, and the errors (counters.py).
 COLUMNS = [
     ("shard", lambda r: r["index"]),
     ("pid", lambda r: r["pid"]),
@@ -108,9 +114,12 @@ COLUMNS = [
     ("p50 ms", lambda r: _figure(r["p50_ms_10s"])),
     ("p99 ms", lambda r: _figure(r["p99_ms_10s"])),
     ("cpu %", lambda r: r["cpu_percent_10s"]),
-    ("requests", lambda r: r["requests"]),
-    ("conns", lambda r: r["open_connections"]),
-    ("errors", lambda r: r["errors"]),
+    *(
+        (count.status, _key(count.name))
+        for count in COUNTS
+        if count.status not in (None, ROW, ERRORS)
+    ),
+    ("errors", _key("errors")),
     ("restarts", lambda r: r["restarts"]),
     ("rss MB", lambda r: _mb(r["rss_bytes"])),
     ("uptime s", lambda r: r["uptime_s"]),

@@ -17,6 +17,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# (What Stats break requests down by, and the latency buckets, are laid out with the
+# counter table, counters.py; this schema's readers also find them here.)
+from .counters import (  # noqa: F401
+    LATENCY_BUCKETS,
+    METHODS,
+    OTHER_METHOD,
+    STATUS_CLASSES,
+    with_counts,
+)
+
 
 class MessageError(ValueError):
     """A frame that is not a valid message: the sender is not to be trusted."""
@@ -44,53 +54,27 @@ class Heartbeat:
     generation: int
 
 
-# What Stats break requests down by.  Fixed, so that every shard's counts add up.
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
-OTHER_METHOD = "other"  # any other method token, so a client cannot mint new series
-# Status classes, indexed by status // 100: "none" is a request the client left before
-# any response; 6xx to 9xx are what apps may send (statuses run to 999).
-STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx")
-# Upper bounds (seconds) of the request-latency histogram's buckets; one more bucket
-# holds the rest.  Latency runs from the request head parsed to the response written.
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-
-
 @dataclass
+@with_counts
 class Stats:
     """What the shard did since it started, sent once a second and when it stops.
 
-    Counters only grow within a generation; ``open_connections``, ``active_requests``,
-    ``ws_open`` and ``rss_bytes`` are gauges.  ``responses`` maps a method (or
-    "other") to counts indexed like STATUS_CLASSES; ``latency`` holds counts per
-    bucket of LATENCY_BUCKETS plus the overflow bucket (not cumulative).
+    Besides the fields below, one field per entry of ``counters.COUNTS`` (added by
+    ``with_counts``: ``requests: int = 0``, ``connections: int = 0``, ...,
+    ``cpu_seconds: float = 0.0``): counters only grow within a generation, gauges
+    (``open_connections``, ``active_requests``, ``ws_open``) are values now.
+    ``responses`` maps a method (or "other") to counts indexed like STATUS_CLASSES;
+    ``latency`` holds counts per bucket of LATENCY_BUCKETS plus the overflow bucket
+    (not cumulative).
     """
 
     TAG: ClassVar[str] = "stats"
     index: int
     generation: int
-    requests: int = 0
-    connections: int = 0
-    parse_errors: int = 0  # malformed or refused requests (and handshakes) answered 4xx/5xx
-    overloaded: int = 0  # refused with 503 at --limit-concurrency
-    app_errors: int = 0  # exceptions raised by the app
-    timeouts: int = 0  # request heads (408) or bodies (closed) not received in time
-    open_connections: int = 0
-    active_requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
     responses: dict[str, list[int]] = field(default_factory=dict)
     latency: list[int] = field(default_factory=list)
-    latency_sum: float = 0.0
-    ws_connections: int = 0  # WebSocket handshakes accepted
-    ws_open: int = 0
-    ws_messages_in: int = 0
-    ws_messages_out: int = 0
     pid: int = 0
     mode: str = "process"
-    cpu_seconds: float = 0.0  # the shard's own CPU: its process, or its thread
     rss_bytes: int | None = None  # None for a subinterpreter: it shares its process
     uptime_seconds: float = 0.0
 

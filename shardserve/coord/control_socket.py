@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..counters import COUNTS, ERRORS
 from ..procfs import rss_bytes
 
 if TYPE_CHECKING:
@@ -254,21 +255,25 @@ def shard_rows(view: ServerView, book: StatsBook) -> list[dict]:
                 "cpus": list(shard.cpus) if shard.cpus else None,
                 "state": shard.state,
                 "generation": shard.generation,
-                "requests": tally["requests"],
                 "rps_10s": recent["rps"],
                 "cpu_percent_10s": recent["cpu_percent"],
                 "p50_ms_10s": _ms(recent["p50"]),
                 "p99_ms_10s": _ms(recent["p99"]),
-                "open_connections": tally["open_connections"],
-                "active_requests": tally["active_requests"],
-                "ws_open": tally["ws_open"],
-                "errors": tally["parse_errors"] + tally["app_errors"] + tally["timeouts"],
+                **status_counts(tally),
                 "restarts": book.restarts_of.get(shard.index, 0),
                 "rss_bytes": latest.rss_bytes if latest else None,
                 "uptime_s": round(latest.uptime_seconds, 1) if latest else None,
             }
         )
     return rows
+
+
+def status_counts(tally: Any) -> dict[str, float]:
+    """A slot's counts for its status row: the counter table's entries shown in
+    `shardserve status`, by name, then "errors" (the sum of its ERRORS entries)."""
+    row = {count.name: tally[count.name] for count in COUNTS if count.status not in (None, ERRORS)}
+    row["errors"] = sum(tally[count.name] for count in COUNTS if count.status == ERRORS)
+    return row
 
 
 def _ms(seconds: float | None) -> float | None:

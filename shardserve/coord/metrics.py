@@ -15,10 +15,11 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
+from ..counters import COUNTER, COUNTS, GAUGE, LATENCY_BUCKETS, STATUS_CLASSES
 from ..errors import ConfigError
-from ..messages import LATENCY_BUCKETS, STATUS_CLASSES
 
 logger = logging.getLogger("shardserve.error")
 
@@ -29,37 +30,20 @@ READ_TIMEOUT = 5.0
 # the coordinator, which may share CPUs with shards, next to nothing.
 REGENERATE_SECONDS = 0.5
 
-# (metric name, what it counts, Tally key or None for derived): counters, then gauges.
-# Each is exported per shard (shardserve_shard_<name>{shard="i"}) and in total.
-_COUNTERS = (
-    ("requests", "HTTP requests answered (or left by the client)", "requests"),
-    ("connections", "connections accepted", "connections"),
-    ("connections_closed", "connections closed", None),
-    ("bytes_received", "bytes read from clients (decrypted, with TLS)", "bytes_in"),
-    ("bytes_sent", "bytes written to clients (before encryption, with TLS)", "bytes_out"),
-    ("websocket_connections", "WebSocket handshakes accepted", "ws_connections"),
-    ("websocket_messages_received", "WebSocket messages received", "ws_messages_in"),
-    ("websocket_messages_sent", "WebSocket messages sent", "ws_messages_out"),
-    ("cpu_seconds", "CPU time used by shards (a subinterpreter's: its thread)", "cpu_seconds"),
-)
-_GAUGES = (
-    ("open_connections", "connections open now", "open_connections"),
-    ("active_requests", "requests (and WebSocket sessions) being answered now", "active_requests"),
-    ("websocket_open", "WebSocket connections open now", "ws_open"),
-)
-# errors_total{kind}: what went wrong, by kind.
-_ERRORS = (
-    ("app", "app_errors"),  # exceptions raised by the app
-    ("parse", "parse_errors"),  # malformed or refused requests, answered 4xx/5xx, closed
-    ("timeout", "timeouts"),  # request heads (408) or bodies (closed) not received in time
-    ("overload", "overloaded"),  # refused with 503 at --limit-concurrency
-)
-
-
-def _value(tally: Any, key: str | None) -> float:
-    if key is None:  # connections_closed: every connection accepted is open or closed
-        return tally["connections"] - tally["open_connections"]
-    return tally[key]
+# Each entry of the counter table (counters.py) with a metric is exported per shard
+# (shardserve_shard_<metric>{shard="i"}) and in total (shardserve_<metric>): counters,
+# then gauges.  Series the coordinator derives from an entry's follow it:
+# entry name -> (metric name, help, value of a Tally).
+_DERIVED = {
+    "connections": (
+        "connections_closed",
+        "connections closed",
+        lambda tally: tally["connections"] - tally["open_connections"],  # accepted: open or closed
+    ),
+}
+# errors_total{kind}: the entries with an error kind; its help lists theirs.
+_ERRORS = [(count.error, count.name) for count in COUNTS if count.error]
+_ERRORS_HELP = "errors by kind: " + ", ".join(count.help for count in COUNTS if count.error)
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -86,13 +70,16 @@ class MetricsCollector:
         book = self.book
         tallies = {str(index): book.shard(index) for index in book.indexes()}
         total = book.totals()
-        for family, table in ((CounterMetricFamily, _COUNTERS), (GaugeMetricFamily, _GAUGES)):
-            for name, help_text, key in table:
-                per_shard = family(f"shardserve_shard_{name}", help_text, labels=["shard"])
-                for shard, tally in tallies.items():
-                    per_shard.add_metric([shard], _value(tally, key))
-                yield per_shard
-                yield family(f"shardserve_{name}", help_text + ", all shards", _value(total, key))
+        for family, kind in ((CounterMetricFamily, COUNTER), (GaugeMetricFamily, GAUGE)):
+            for entry in COUNTS:
+                if entry.kind != kind or not entry.metric:
+                    continue
+                value = itemgetter(entry.name)
+                yield from _per_shard_and_total(
+                    family, entry.metric, entry.help, value, tallies, total
+                )
+                if entry.name in _DERIVED:
+                    yield from _per_shard_and_total(family, *_DERIVED[entry.name], tallies, total)
 
         help_text = "HTTP requests by method and status class ('none': no response sent)"
         per_shard = CounterMetricFamily(
@@ -109,7 +96,7 @@ class MetricsCollector:
             all_shards.add_metric([method, status], count)
         yield all_shards
 
-        help_text = "errors by kind: app exceptions, parse errors, timeouts, overload (503)"
+        help_text = _ERRORS_HELP
         per_shard = CounterMetricFamily(
             "shardserve_shard_errors", help_text, labels=["shard", "kind"]
         )
@@ -177,6 +164,15 @@ class MetricsCollector:
         yield info
         yield memory
         yield uptime
+
+
+def _per_shard_and_total(family: type, name: str, help_text: str, value, tallies: dict, total):
+    """A metric per shard (label "shard") and over all shards; value(tally) is its value."""
+    per_shard = family(f"shardserve_shard_{name}", help_text, labels=["shard"])
+    for shard, tally in tallies.items():
+        per_shard.add_metric([shard], value(tally))
+    yield per_shard
+    yield family(f"shardserve_{name}", help_text + ", all shards", value(total))
 
 
 def _responses(tally: Any):

@@ -2,9 +2,10 @@
 
 A shard's counters start at zero with each generation; when a generation ends its last
 counts are carried over into its slot, so totals (and the per-shard series) stay
-monotonic across restarts, as Prometheus counters must.  Stats come from shards,
-which the coordinator does not trust: ``check`` refuses any that would mint new
-series or break the arithmetic.
+monotonic across restarts, as Prometheus counters must.  Which numbers there are, and
+which are counters and which gauges, is the counter table's (counters.py).  Stats come
+from shards, which the coordinator does not trust: ``check`` refuses any that would
+mint new series or break the arithmetic.
 """
 
 from __future__ import annotations
@@ -13,32 +14,21 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..messages import (
+from ..counters import (
+    COUNTER,
+    COUNTS,
+    GAUGE,
     LATENCY_BUCKETS,
     METHODS,
     OTHER_METHOD,
     STATUS_CLASSES,
-    MessageError,
-    Stats,
 )
+from ..messages import MessageError, Stats
 
-# Stats fields that only grow within a generation (counters); then the gauges.
-COUNTERS = (
-    "requests",
-    "connections",
-    "parse_errors",
-    "overloaded",
-    "app_errors",
-    "timeouts",
-    "bytes_in",
-    "bytes_out",
-    "ws_connections",
-    "ws_messages_in",
-    "ws_messages_out",
-    "cpu_seconds",
-    "latency_sum",
-)
-GAUGES = ("open_connections", "active_requests", "ws_open")
+# The counter table's counters (they only grow within a generation, and are carried
+# over when it ends), then its gauges (values now, not carried).
+COUNTERS = tuple(count.name for count in COUNTS if count.kind == COUNTER)
+GAUGES = tuple(count.name for count in COUNTS if count.kind == GAUGE)
 RATE_WINDOW = 10.0  # seconds, for `shardserve status`
 KNOWN_METHODS = frozenset((*METHODS, OTHER_METHOD))
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
+from ..counters import COUNTED, COUNTS, IDENTITY
 from ..errors import StartupError
 from ..messages import (
     Adopt,
@@ -138,29 +139,23 @@ class ShardIdentity:
     def stats(self, shard: Shard) -> Stats:
         state = shard.state
         counters = state.counters
+        # The counter table's entries: the shard's own attribute, or what it derives.
+        counts = {
+            count.name: getattr(counters, count.name)
+            if count.source == COUNTED
+            else count.source(counters, state)
+            for count in COUNTS
+            if count.source != IDENTITY
+        }
         return Stats(
             index=self.index,
             generation=self.generation,
-            requests=counters.requests,
-            connections=counters.connections,
-            parse_errors=counters.parse_errors,
-            overloaded=counters.overloaded,
-            app_errors=counters.app_errors,
-            timeouts=counters.timeouts,
-            open_connections=len(state.connections),
-            active_requests=state.active_requests,
-            bytes_in=counters.bytes_in,
-            bytes_out=counters.bytes_out,
+            **counts,
             responses=counters.responses_by_method(),
             latency=list(counters.latency),
-            latency_sum=counters.latency_sum,
-            ws_connections=counters.ws_connections,
-            ws_open=counters.ws_connections - counters.ws_closed,
-            ws_messages_in=counters.ws_messages_in,
-            ws_messages_out=counters.ws_messages_out,
             pid=self.pid,
             mode=self.mode,
-            cpu_seconds=self.cpu_clock(),
+            cpu_seconds=self.cpu_clock(),  # (the table's IDENTITY entry)
             # (a subinterpreter's memory is not separable from the process it shares)
             rss_bytes=rss_bytes() if self.mode == "process" else None,
             uptime_seconds=round(time.monotonic() - self.started, 3),

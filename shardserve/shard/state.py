@@ -15,63 +15,46 @@ from email.utils import formatdate
 from typing import Any
 
 from ..config import Config
-from ..messages import LATENCY_BUCKETS, METHODS, OTHER_METHOD, STATUS_CLASSES
+from ..counters import (
+    COUNTED,
+    COUNTS,
+    LATENCY_BUCKETS,
+    METHODS,
+    OTHER_METHOD,
+    STATUS_CLASSES,
+    UNSENT,
+)
 from .access_log import AccessLog
 from .connection import Connection
 from .http.parser import Limits, parser_class
 from .http.proxy import parse_trusted
 from .http.response import DATE, SERVER, canned_response
 
+# ShardCounters' plain attributes (name -> zero), from counters.py's table: each entry
+# the shard counts itself (source COUNTED), and those it counts only to derive another.
+PLAIN_COUNTS = {c.name: c.type() for c in COUNTS if c.source == COUNTED} | dict.fromkeys(UNSENT, 0)
+
 
 class ShardCounters:
     """What this shard did: written on the hot path, read once a second for Stats.
 
-    Everything a request touches is a plain attribute or a preallocated list slot:
+    Everything a request touches is a plain attribute (one per PLAIN_COUNTS, e.g.
+    ``counters.bytes_in += n``) or a preallocated list slot:
     ``responses[METHOD_SLOTS[method] + status // 100]`` and ``latency[bucket]``.
     """
 
-    __slots__ = (
-        "connections",
-        "parse_errors",
-        "overloaded",
-        "app_errors",
-        "timeouts",
-        "bytes_in",
-        "bytes_out",
-        "responses",
-        "latency",
-        "latency_sum",
-        "ws_connections",
-        "ws_closed",
-        "ws_messages_in",
-        "ws_messages_out",
-    )
+    __slots__ = (*PLAIN_COUNTS, "responses", "latency")
 
     def __init__(self) -> None:
-        self.connections = 0
-        self.parse_errors = 0
-        self.overloaded = 0
-        self.app_errors = 0
-        self.timeouts = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        for name, zero in PLAIN_COUNTS.items():
+            setattr(self, name, zero)
         self.responses = [0] * (len(METHOD_NAMES) * len(STATUS_CLASSES))
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.ws_connections = 0
-        self.ws_closed = 0
-        self.ws_messages_in = 0
-        self.ws_messages_out = 0
-
-    @property
-    def requests(self) -> int:
-        """Requests answered (or left by the client): each is counted in responses."""
-        return sum(self.responses)
 
     def summary(self) -> dict[str, int]:
         """The plain counters, for a log line."""
-        plain = (n for n in self.__slots__ if n not in ("responses", "latency", "latency_sum"))
-        return {"requests": self.requests, **{name: getattr(self, name) for name in plain}}
+        plain = (name for name in PLAIN_COUNTS if name != "latency_sum")
+        return {"requests": sum(self.responses), **{name: getattr(self, name) for name in plain}}
 
     def responses_by_method(self) -> dict[str, list[int]]:
         """The methods that had requests, each with its counts by status class."""
