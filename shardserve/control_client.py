@@ -21,8 +21,6 @@ import time
 from .coord.control_socket import UnsafePath, check_own_socket, check_private_directory, runtime_dir
 from .counters import COUNTS, ERRORS, ROW
 
-COMMANDS = ("status", "reload", "stop")
-
 
 class ControlError(Exception):
     """One line for the user."""
