@@ -41,4 +41,3 @@ def attach_cpu_steering(sock: socket.socket) -> None:
     )
     fprog = _SockFprog(len(program), program)
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
-

@@ -582,9 +582,7 @@ class Supervisor:
             for sock in slot.listeners:
                 heir.listeners.append(sock)
                 if heir.current is not None:
-                    heir.current.send(
-                        Adopt(listener=self.sockets.index(sock)), fds=[sock.fileno()]
-                    )
+                    heir.current.send(Adopt(listener=self.sockets.index(sock)), fds=[sock.fileno()])
         logger.info("Removing shard %d; %d shards now.", slot.index, len(self.slots))
         if shard is not None:
             await self._drain(shard, close_idle=False)
