@@ -999,6 +999,22 @@ def test_limits_agree(case, cuts):
             assert outcome.final == final, (parser.__name__, pieces, outcome)
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_request_line_at_its_bound_is_judged_alike_whole_and_bytewise(extra):
+    """A request line exactly at the bound (the target's limit plus room for method and
+    version) is accepted, one byte more is 414, whether it arrives whole or a byte at a
+    time (the CR still waiting for its LF once counted against it: found by fuzzing)."""
+    from shardserve.shard.http.parser_python import REQUEST_LINE_EXTRA
+
+    line = b" / HTTP/1.1"
+    method = b"P" * (SMALL.request_line + REQUEST_LINE_EXTRA - len(line) + extra)
+    raw = req(method + line, HOST)
+    final = ("ok",) if extra == 0 else ("error", 414)
+    for parser in (python_parser(), H11Parser):  # (llhttp refuses such a method: 400)
+        for pieces in ([raw], bytewise(raw)):
+            assert run(parser, pieces, SMALL).final == final, (parser.__name__, len(pieces))
+
+
 # Hand-written edge cases --------------------------------------------------------------
 
 

@@ -46,8 +46,12 @@ def test_fuzz_target_runs_clean(tmp_path):
         errors="replace",
         timeout=110,
     )
+    # atheris prints a failing check's traceback among libFuzzer's progress lines: show
+    # it, and the input's file name, rather than only the last lines of the log.
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    exception = output.find("=== Uncaught Python exception")
+    found = output[exception : exception + 4000] if exception >= 0 else ""
+    assert result.returncode == 0, found + "\n...\n" + output[-2000:]
 
 
 # Linear feeding ------------------------------------------------------------------------

@@ -32,6 +32,11 @@ class ParseError(Exception):
         self.reason = reason
 
 
+# A request line may exceed --limit-request-line (which bounds the target) by this
+# much: method, spaces and version.
+REQUEST_LINE_EXTRA = 16
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on a request head, so that no client can make a shard buffer without end."""
@@ -43,7 +48,7 @@ class Limits:
     @property
     def head(self) -> int:
         """Most bytes a complete head may take."""
-        return self.request_line + 16 + self.fields * (self.field_size + 4)
+        return self.request_line + REQUEST_LINE_EXTRA + self.fields * (self.field_size + 4)
 
 
 class RequestSink(Protocol):

@@ -20,6 +20,7 @@ import h11
 
 from .framing import check_request
 from .parser import (
+    REQUEST_LINE_EXTRA,
     Limits,
     ParseError,
     RequestSink,
@@ -95,8 +96,12 @@ class H11Parser:
                 return
 
     def _check_request_line(self, pending: bytes) -> None:
-        if b"\n" not in pending and len(pending) > self.limits.request_line:
-            raise ParseError(414, "request target too long")
+        # (+1: the last byte held may be the line's CR, not counted whole)
+        if (
+            b"\n" not in pending
+            and len(pending) > self.limits.request_line + REQUEST_LINE_EXTRA + 1
+        ):
+            raise ParseError(414, "request line too long")
 
     def _raw_head(self) -> bytes:
         """The head of the request h11 just parsed, as received, up to its blank line.
@@ -130,8 +135,11 @@ class H11Parser:
     ) -> None:
         """The limits, then what h11 lets through and the other back-ends do not."""
         limits = self.limits
-        if len(target) > limits.request_line:
-            raise ParseError(414, "request target too long")
+        longest_line = limits.request_line + REQUEST_LINE_EXTRA
+        if len(target) > limits.request_line or (
+            len(head) > longest_line and len(head.partition(b"\r\n")[0]) > longest_line
+        ):
+            raise ParseError(414, "request line too long")
         if len(headers) > limits.fields:
             raise ParseError(431, "too many request header fields")
         for name, value in headers:

@@ -25,7 +25,7 @@ import re
 from .framing import TOKEN as _TOKEN
 from .framing import check_connect_target, check_host, check_transfer_encoding
 from .framing import token as _token
-from .parser import INTERNED_METHODS, Limits, ParseError, RequestSink
+from .parser import INTERNED_METHODS, REQUEST_LINE_EXTRA, Limits, ParseError, RequestSink
 
 # Parser states.
 HEAD = 0  # waiting for (the rest of) a request head
@@ -73,9 +73,6 @@ _NAMES_MAX = 1024
 MAX_CHUNK_LINE = 4096
 # Most hex digits of a chunk size, leading zeros aside: 2**64 - 1.
 MAX_CHUNK_DIGITS = 16
-# A request line may exceed --limit-request-line (which bounds the target) by this
-# much: method, spaces and version.
-REQUEST_LINE_EXTRA = 16
 # Most decimal digits of a Content-Length, leading zeros aside: under 2**63.
 MAX_LENGTH_DIGITS = 18
 
@@ -242,7 +239,8 @@ class PythonParser:
                 if lf == pos or buf[lf - 1] != 13:
                     raise ParseError(400, "bare LF in request line")
                 self.line_seen = True
-            elif len(buf) - pos > limits.request_line + REQUEST_LINE_EXTRA:
+            elif len(buf) - pos > limits.request_line + REQUEST_LINE_EXTRA + 1:
+                # (+1: the last byte held may be the line's CR, not counted whole)
                 raise ParseError(414, "request line too long")
         if len(buf) - pos > limits.head:
             raise ParseError(431, "request header fields too large")
