@@ -7,6 +7,10 @@ Every server (and all its processes) is pinned to --server-cpus, the load genera
 (one wrk or h2load thread per load CPU) to --load-cpus.  Each run starts the server,
 warms it up, measures, and stops it; rounds go through every cell in turn.  Writes
 results.json, results.md and PNG charts to --out (default bench/results/<time>/).
+
+HTTP/2 workloads (h2c-*, h2-tls-*) always run on h2load; the TLS ones on a self-signed
+certificate made for this invocation.  A server kind that does not serve a workload's
+protocol, or cannot run here (uvicorn-zttp without zttp), is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, checkout_of, peer_python  # noqa: E402
 from bench.loadgen import GENERATORS, LoadError, require  # noqa: E402
-from bench.matrix import Settings, run_matrix  # noqa: E402
+from bench.matrix import Settings, run_matrix, skip_reason  # noqa: E402
 from bench.report import draw_charts, write  # noqa: E402
 from bench.servers import SERVERS, ServerKind  # noqa: E402
+from bench.tls import CertificateError, self_signed  # noqa: E402
 from bench.workloads import WORKLOADS  # noqa: E402
 from shardserve.coord.placement import parse_cpu_list  # noqa: E402
 
@@ -102,15 +108,24 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("bench: --pin: only shardserve pins its workers; drop the others")
         if max(counts) > len(server_cpus):
             raise SystemExit(f"bench: --pin: {max(counts)} workers, {len(server_cpus)} server CPUs")
-    for kind in kinds:
-        reason = kind.unavailable()
-        if reason is not None:
-            raise SystemExit(f"bench: {kind.name} cannot run here: {reason}")
     if args.load_generator == "h2load" and any(w.new_connection for w in workloads):
         raise SystemExit("bench: h2load keeps its connections open: new-connection needs wrk")
+    unavailable = {kind.name: kind.unavailable() for kind in kinds}
+    for name, reason in unavailable.items():
+        if reason is not None:
+            print(f"bench: skipping {name}, which cannot run here: {reason}", file=sys.stderr)
+    runnable = [
+        (kind, w) for w in workloads for kind in kinds if skip_reason(kind, w, unavailable) is None
+    ]
+    if not runnable:
+        why = "; ".join(f"{k.name} on {w.name}: {skip_reason(k, w, unavailable)}"
+                        for w in workloads for k in kinds)  # fmt: skip
+        raise SystemExit(f"bench: nothing to run ({why})")
     try:
-        if any(not w.websocket for w in workloads):
+        if any(not w.websocket and not w.http2 for _, w in runnable):
             require(args.load_generator)
+        if any(w.http2 for _, w in runnable):
+            require("h2load")
     except LoadError as exc:
         raise SystemExit(f"bench: {exc}") from None
     if set(server_cpus) & set(load_cpus):
@@ -130,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     out = (
         Path(args.out) if args.out else ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")
     )
-    cells = run_matrix(kinds, counts, workloads, settings)
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        tls = None
+        if any(w.tls for _, w in runnable):
+            try:
+                tls = self_signed(Path(tmp))
+            except CertificateError as exc:
+                raise SystemExit(f"bench: {exc}") from None
+        cells = run_matrix(kinds, counts, workloads, settings, tls, unavailable)
     write(out, cells, settings, argv, {k.name: k.baseline for k in kinds if k.baseline})
     print((out / "results.md").read_text())
     if not args.no_charts:
@@ -138,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if why_not:
             print(f"bench: no charts: {why_not}", file=sys.stderr)
     failed = sum(1 for c in cells for r in c.runs if "failed" in r)
-    print(f"Results in {out} ({len(cells)} cells, {failed} failed runs).")
+    skipped = sum(1 for c in cells if c.skipped is not None)
+    print(f"Results in {out} ({len(cells)} cells, {skipped} skipped, {failed} failed runs).")
     return 1 if failed else 0
 
 

@@ -31,6 +31,10 @@ PEER_PACKAGES = [
     "hypercorn==0.18.0",
     "matplotlib==3.11.2",
 ]
+# Installed after PEER_PACKAGES, each on its own: one that does not install (zttp is a
+# Zig extension, with wheels for some platforms only) makes its server kinds unavailable,
+# with pip's reason, instead of stopping the bench.  zttp: uvicorn's --http zttp --http2.
+OPTIONAL_PEER_PACKAGES = ["zttp==0.0.35"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -190,20 +194,54 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def peers_wanted() -> str:
+    """What .bench-venv/peer-packages.txt says once the peers are installed."""
+    return "\n".join(PEER_PACKAGES + OPTIONAL_PEER_PACKAGES)
+
+
+def _failure_note(package: str) -> Path:
+    return PEERS_VENV / f"not-installed-{package.split('=')[0]}.txt"
+
+
 def peer_python() -> str:
     """The Python of a separate venv holding the peers (never shardserve's own venv),
-    created on first use and brought up to PEER_PACKAGES when the list changes."""
+    created on first use and brought up to PEER_PACKAGES (and OPTIONAL_PEER_PACKAGES,
+    as far as they install) when the lists change."""
     python = PEERS_VENV / "bin" / "python"
     installed = PEERS_VENV / "peer-packages.txt"
-    wanted = "\n".join(PEER_PACKAGES)
+    wanted = peers_wanted()
     if not python.exists():
         print(f"creating {PEERS_VENV} for the peer servers ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
     if not installed.exists() or installed.read_text() != wanted:
         print(f"installing {', '.join(PEER_PACKAGES)} into {PEERS_VENV} ...", file=sys.stderr)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        for package in OPTIONAL_PEER_PACKAGES:
+            note = _failure_note(package)
+            note.unlink(missing_ok=True)
+            done = subprocess.run([str(python), "-m", "pip", "install", "-q", package],
+                                  capture_output=True, text=True)  # fmt: skip
+            if done.returncode != 0:
+                errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+                why = (errors or done.stderr.strip().splitlines() or ["pip failed"])[-1]
+                note.write_text(f"{package} did not install: {why.strip()}")
+                print(f"bench: {note.read_text()}", file=sys.stderr)
         installed.write_text(wanted)
     return str(python)
+
+
+def peer_unavailable(package: str, module: str) -> str | None:
+    """Why an optional peer cannot run: ``package`` (an OPTIONAL_PEER_PACKAGES entry)
+    did not install, or ``module`` does not import in the peers' venv; None if it can."""
+    python = peer_python()
+    note = _failure_note(package)
+    if note.exists():
+        return note.read_text()
+    done = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"{module} does not import in {PEERS_VENV}: {last}"
+    return None
 
 
 # Load generation -----------------------------------------------------------------------

@@ -1,5 +1,11 @@
 """Load generators for `python -m bench`: wrk, h2load, and bench.wsload (WebSocket).
 
+HTTP/2 workloads always run on h2load, whatever --load-generator says: h2c by prior
+knowledge to an http:// URL, h2 by ALPN to an https:// one.  A run in which h2load
+negotiated another protocol, or got no response at all, is a failed run; requests
+that failed, errored or timed out and non-2xx responses are counted as errors, and
+only 2xx responses as requests.
+
 Each runs pinned to the load CPUs and reports, beside the server-facing figures, how
 busy it was itself (its CPU time over its CPUs' time): a load generator near 100% is
 the bottleneck, and its figure is not the server's.
@@ -67,6 +73,8 @@ def run_load(
     """Drive ``workload`` at 127.0.0.1:``port`` for ``seconds``."""
     if workload.websocket:  # (bench.wsload measures its own share, start-up left out)
         return _websocket(workload, port, load_cpus, seconds, connections)
+    if workload.http2:  # (wrk speaks HTTP/1.1 only)
+        generator = "h2load"
     cpus = ",".join(map(str, load_cpus))
     before = _children_cpu()  # (the generator is a child; its CPU counts once it exits)
     started = time.monotonic()
@@ -126,31 +134,57 @@ def _h2load(workload: Workload, port: int, cpus: str, seconds: float, connection
     tool = require("h2load")
     if workload.new_connection:
         raise LoadError("h2load keeps its connections open: use --load-generator wrk")
-    argv = ["taskset", "-c", cpus, tool, "--h1", f"-c{max(connections, threads)}"]
-    argv += [f"-t{threads}", f"-D{int(seconds)}", f"-m{workload.pipeline}"]
-    argv += [arg for field in workload.headers for arg in ("-H", field)]
+    # HTTP/1.1: -m requests pipelined per connection; HTTP/2: -m streams in flight.
+    in_flight = workload.streams if workload.http2 else workload.pipeline
+    argv = ["taskset", "-c", cpus, tool, *([] if workload.http2 else ["--h1"])]
+    argv += [f"-c{max(connections, threads)}", f"-t{threads}", f"-D{int(seconds)}"]
+    argv += [f"-m{in_flight}", *(arg for field in workload.headers for arg in ("-H", field))]
     with tempfile.TemporaryDirectory() as tmp:
         if workload.method == "POST":
             body = Path(tmp) / "body"
             body.write_bytes(b"x" * workload.body_size)
             argv += ["-d", str(body), "-H", "content-type: application/octet-stream"]
-        argv.append(f"http://127.0.0.1:{port}{workload.path}")
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+        scheme = "https" if workload.tls else "http"
+        argv.append(f"{scheme}://127.0.0.1:{port}{workload.path}")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    return parse_h2load(done.stdout + done.stderr, workload.protocol)
+
+
+def parse_h2load(out: str, protocol: str) -> LoadResult:
+    """h2load's report (stdout and stderr) as a LoadResult; LoadError if h2load spoke
+    another protocol than ``protocol`` (bench/workloads.py) or no request succeeded."""
     finished = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
-    counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    counts = re.search(
+        r"requests: \d+ total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        out,
+    )
     if not finished or not counts:
         raise LoadError(f"h2load gave no result: {out.strip().splitlines()[-1:]}")
-    done, succeeded = int(counts.group(1)), int(counts.group(2))
+    started, done, succeeded, failed, _, timeouts = map(int, counts.groups())
+    spoken = set(re.findall(r"^Application protocol: (\S+)", out, re.M))
+    if spoken and spoken != {protocol}:  # (e.g. an https server without h2 in its ALPN)
+        raise LoadError(f"h2load negotiated {', '.join(sorted(spoken))}, not {protocol}")
+    # (status codes count responses whose head arrived, finished or not when the
+    # duration ended; succeeded counts finished 2xx and 3xx ones)
     statuses = re.search(r"status codes: (\d+) 2xx", out)
-    ok = int(statuses.group(1)) if statuses else succeeded
+    ok = min(int(statuses.group(1)), succeeded) if statuses else succeeded
+    if ok == 0:
+        raise LoadError(
+            f"h2load got no 2xx response over {protocol} ({started} requests started, "
+            f"{done} done, {failed} failed, {timeouts} timed out)"
+        )
     times = re.search(r"time for request:\s+(\S+)\s+(\S+)", out)
+    seconds = float(finished.group(1))
     return LoadResult(
-        requests=done,
-        seconds=float(finished.group(1)),
-        rps=float(finished.group(2)),
+        requests=ok,
+        seconds=seconds,
+        rps=ok / seconds,
         p50_ms=math.nan,  # h2load reports min, max, mean and sd only
         p99_ms=math.nan,
         max_ms=duration_ms(times.group(2)) if times else math.nan,
+        # (done = succeeded + failed; failed includes errored, timed out (abandoned
+        # streams) and non-2xx/3xx; succeeded includes 3xx, counted here as errors)
         errors=done - ok,
         load_cpu_share=0.0,
     )

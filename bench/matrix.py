@@ -2,7 +2,9 @@
 
 Rounds, not blocks: each round measures every cell once, starting one cell further
 along each time, so drift on a shared machine touches every cell alike.  A cell's
-figures are its runs' median with their minimum and maximum.
+figures are its runs' median with their minimum and maximum.  A cell whose server kind
+cannot run here, or does not serve its workload's protocol (an HTTP/1.1-only server on
+an HTTP/2 workload), is skipped, with the reason kept in the results.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from bench.harness import ROOT, Server, cpu_seconds, free_port, stop, tree_memory
 from bench.loadgen import SATURATED, run_load
 from bench.servers import ServerKind
+from bench.tls import Certificate
 from bench.workloads import Workload
 
 APP = "bench.apps:app"
@@ -40,9 +43,12 @@ class Cell:
     workers: int
     workload: str
     runs: list[dict] = field(default_factory=list)
+    skipped: str | None = None  # why this cell was not run
 
     def summary(self) -> dict:
         """Median, min and max of every figure; whether the load generator was the limit."""
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
         result: dict = {}
         for name in FIGURES:
             values = [r[name] for r in self.runs if r[name] == r[name]]  # (NaN: unknown)
@@ -85,10 +91,25 @@ class Progress:
         sys.stderr.flush()
 
 
-def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings) -> dict:
-    """Start the server, warm it up, load it, and read its CPU and memory; one run."""
+def skip_reason(
+    kind: ServerKind, workload: Workload, unavailable: dict[str, str | None]
+) -> str | None:
+    """Why ``kind`` is not run on ``workload``, or None; ``unavailable``: kind name ->
+    ServerKind.unavailable() (asked once per kind)."""
+    why = unavailable.get(kind.name)
+    if why is not None:
+        return f"unavailable: {why}"
+    return kind.cannot_serve(workload)
+
+
+def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settings,
+            tls: Certificate | None = None) -> dict:  # fmt: skip
+    """Start the server, warm it up, load it, and read its CPU and memory; one run.
+    ``tls``: the certificate a TLS workload's server is given."""
     port = free_port()
-    argv = kind.command(workers, port, APP, settings.access_log)
+    if workload.tls and tls is None:
+        raise ValueError(f"{workload.name} needs a certificate (bench/tls.py)")
+    argv = kind.command(workers, port, APP, settings.access_log, tls=tls if workload.tls else None)
     if settings.pin:
         argv += ["--pin", "--cpus", ",".join(map(str, settings.server_cpus[:workers]))]
     server = Server(kind.name, argv, port, kind.root or ROOT)
@@ -125,26 +146,36 @@ def measure(kind: ServerKind, workers: int, workload: Workload, settings: Settin
 
 
 def run_matrix(
-    kinds: list[ServerKind], counts: list[int], workloads: list[Workload], settings: Settings
+    kinds: list[ServerKind],
+    counts: list[int],
+    workloads: list[Workload],
+    settings: Settings,
+    tls: Certificate | None = None,
+    unavailable: dict[str, str | None] | None = None,
 ) -> list[Cell]:
+    """Every cell, run ``settings.runs`` times in rounds; ``tls``: the certificate for
+    the TLS workloads; ``unavailable``: kind name -> why it cannot run (skipped)."""
     cells = [
-        (kind, count, workload, Cell(kind.name, count, workload.name))
+        (kind, count, workload, Cell(kind.name, count, workload.name,
+                                     skipped=skip_reason(kind, workload, unavailable or {})))
         for workload in workloads
         for kind in kinds
         for count in counts
-    ]
-    progress = Progress(len(cells) * settings.runs)
-    for round_ in range(settings.runs):
-        shift = round_ % len(cells)
-        for kind, count, workload, cell in cells[shift:] + cells[:shift]:
+    ]  # fmt: skip
+    runnable = [entry for entry in cells if entry[3].skipped is None]
+    progress = Progress(max(len(runnable) * settings.runs, 1))
+    for round_ in range(settings.runs if runnable else 0):
+        shift = round_ % len(runnable)
+        for kind, count, workload, cell in runnable[shift:] + runnable[:shift]:
             label = f"run {round_ + 1} {kind.name} x{count} {workload.name}"
             try:
-                result = measure(kind, count, workload, settings)
+                result = measure(kind, count, workload, settings, tls)
             except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                 result = {name: float("nan") for name in FIGURES}
                 result.update(errors=1, requests=0, load_cpu_share=0.0, failed=str(exc)[:200])
                 progress.step(label, f"failed: {exc}")
             else:
-                progress.step(label, f"{result['rps']:.0f} req/s")
+                errors = f", {result['errors']} errors" if result["errors"] else ""
+                progress.step(label, f"{result['rps']:.0f} req/s{errors}")
             cell.runs.append(result)
     return [cell for *_, cell in cells]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench.matrix import Cell, Settings
+from bench.workloads import PROTOCOL_NAMES, WORKLOADS
 
 
 def machine() -> dict:
@@ -47,7 +48,7 @@ def paired(cells: list[Cell], baselines: dict[str, str]) -> list[dict]:
     pairs = []
     for cell in cells:
         twin = by_key.get((baselines.get(cell.server), cell.workers, cell.workload))
-        if twin is None:
+        if twin is None or twin.skipped is not None or cell.skipped is not None:
             continue
         ratios: dict[str, list[float]] = {"cpu_us_per_request": [], "rps": []}
         for now, then in zip(twin.runs, cell.runs, strict=True):
@@ -112,14 +113,24 @@ def markdown(
         "",
     ]
     for workload in dict.fromkeys(cell.workload for cell in cells):
+        lines += [f"## {workload}", ""]
+        known = WORKLOADS.get(workload)
+        if known is not None and known.http2:
+            lines += [
+                f"{known.description}. Load: h2load (whatever the load generator above), "
+                f"{PROTOCOL_NAMES[known.protocol]}, -m {known.streams}; req/s counts 2xx "
+                "responses only; errors: requests failed, reset, timed out or not 2xx.",
+                "",
+            ]
         lines += [
-            f"## {workload}",
-            "",
             "| server | workers | req/s | p50 ms | p99 ms | max ms | server CPU µs/request "
             "| PSS MB/worker | errors |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for cell in (c for c in cells if c.workload == workload):
+            if cell.skipped is not None:
+                lines.append(f"| {cell.server} | {cell.workers} | skipped: {cell.skipped} |")
+                continue
             s = cell.summary()
             failures = [r["failed"] for r in cell.runs if "failed" in r]
             if len(failures) == len(cell.runs):
@@ -169,6 +180,7 @@ def write(
                 "workload": c.workload,
                 "summary": c.summary(),
                 "runs": c.runs,
+                **({"skipped": c.skipped} if c.skipped is not None else {}),
             }
             for c in cells
         ],

@@ -1,13 +1,25 @@
 """What `python -m bench` asks of a server: each workload, defined once.
 
 Every workload is served by ``bench.apps:app`` (the same app under every server);
-HTTP workloads are driven by wrk or h2load, WebSocket ones by bench/wsload.py in the
-mode named by the path (bench/loadgen.py runs them).
+HTTP/1.1 workloads are driven by wrk or h2load (--load-generator), HTTP/2 ones always by
+h2load (h2c: prior knowledge on the plain port; h2: over TLS, negotiated by ALPN), and
+WebSocket ones by bench/wsload.py in the mode named by the path (bench/loadgen.py runs
+them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The protocols a workload speaks (Workload.protocol) and a server kind serves
+# (bench/servers.py ServerKind.protocols): HTTP/1.1 in cleartext, HTTP/2 in cleartext by
+# prior knowledge (h2c, what h2load sends to an http:// URL), HTTP/2 over TLS (ALPN h2).
+HTTP1, H2C, H2_TLS = "http/1.1", "h2c", "h2"
+PROTOCOL_NAMES = {
+    HTTP1: "HTTP/1.1",
+    H2C: "h2c (HTTP/2 in cleartext, prior knowledge)",
+    H2_TLS: "h2 (HTTP/2 over TLS, ALPN)",
+}
 
 
 @dataclass(frozen=True)
@@ -21,6 +33,16 @@ class Workload:
     new_connection: bool = False  # Connection: close, so one connection per request
     websocket: bool = False
     headers: tuple[str, ...] = ()  # request header fields beyond Host ("Name: value")
+    protocol: str = HTTP1  # HTTP1, H2C or H2_TLS
+    streams: int = 1  # HTTP/2: streams in flight per connection (h2load -m)
+
+    @property
+    def http2(self) -> bool:
+        return self.protocol != HTTP1
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol == H2_TLS
 
 
 # What a browser sends for a page, less cookies: with Host, 12 fields, 460 bytes of head.
@@ -78,6 +100,28 @@ WORKLOADS: dict[str, Workload] = {
             "WebSocket /broadcast: 32-byte messages to every subscriber (deliveries)",
             path="/broadcast",
             websocket=True,
+        ),
+        Workload(
+            "h2c-plaintext",
+            "GET / over h2c (prior knowledge), 1 stream in flight per connection",
+            protocol=H2C,
+        ),
+        Workload(
+            "h2c-plaintext-m10",
+            "GET / over h2c (prior knowledge), 10 streams in flight per connection",
+            protocol=H2C,
+            streams=10,
+        ),
+        Workload(
+            "h2-tls-plaintext",
+            "GET / over HTTP/2 on TLS (ALPN h2), 1 stream in flight per connection",
+            protocol=H2_TLS,
+        ),
+        Workload(
+            "h2-tls-plaintext-m10",
+            "GET / over HTTP/2 on TLS (ALPN h2), 10 streams in flight per connection",
+            protocol=H2_TLS,
+            streams=10,
         ),
     )
 }

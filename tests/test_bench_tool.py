@@ -7,14 +7,17 @@ installs it).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -23,15 +26,18 @@ from serving import ROOT
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
-    PEER_PACKAGES,
     PEERS_VENV,
     Server,
     free_port,
+    peers_wanted,
     stop,
     wait_for_port,
 )
+from bench.loadgen import LoadError, parse_h2load  # noqa: E402
 from bench.matrix import APP  # noqa: E402
 from bench.servers import SERVERS  # noqa: E402
+from bench.tls import Certificate  # noqa: E402
+from bench.workloads import H2_TLS, H2C, HTTP1, WORKLOADS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -39,7 +45,7 @@ pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not 
 def peers_installed() -> bool:
     """Whether .bench-venv holds the pinned peers (else using them would install them)."""
     marker = PEERS_VENV / "peer-packages.txt"
-    return marker.exists() and marker.read_text() == "\n".join(PEER_PACKAGES)
+    return marker.exists() and marker.read_text() == peers_wanted()
 
 
 def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -94,6 +100,7 @@ def test_a_small_matrix_is_measured_and_written(tmp_path):
         (["--load-generator", "h2load", "--workloads", "new-connection"], "needs wrk"),
         (["--servers", "shardserve,uvicorn", "--pin"], "only shardserve pins"),
         (["--workers", "1,4", "--pin", "--server-cpus", "1", "--servers", "shardserve"], "4 work"),
+        (["--servers", "uvicorn", "--workloads", "h2c-plaintext"], "serves HTTP/1.1 only"),
     ],
 )
 def test_bad_arguments_are_one_line(args, message):
@@ -130,6 +137,8 @@ def tiny(out, *args: str) -> dict:
     data = json.loads((out / "results.json").read_text())
     data["stderr"] = done.stderr
     for cell in data["cells"]:
+        if "skipped" in cell:
+            continue
         (run,) = cell["runs"]
         assert "failed" not in run and run["errors"] == 0 and run["rps"] > 0, (cell, run)
     return data
@@ -143,11 +152,17 @@ def test_access_log_run(tmp_path):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("name", [n for n in SERVERS if n != "shardserve-subinterpreter"])
+@pytest.mark.parametrize(
+    "name",
+    [n for n, k in SERVERS.items() if n != "shardserve-subinterpreter" and HTTP1 in k.protocols],
+)
 def test_access_log_lines_go_to_stdout_only_when_asked(name, tmp_path):
     """The matrix sends stdout to /dev/null: that is where every server's lines must go."""
     if not name.startswith("shardserve") and not peers_installed():
         pytest.skip(f"{PEERS_VENV} does not hold the pinned peers")
+    why_not = SERVERS[name].unavailable()
+    if why_not is not None:
+        pytest.skip(why_not)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for access_log in (True, False):
         port = free_port()
@@ -223,6 +238,7 @@ def test_parser_kinds_run_the_browser_headers_workload(tmp_path):
         ("shardserve-python", ["--http", "python", "--loop", "asyncio"]),
         ("uvicorn-sansio", ["--ws", "websockets-sansio"]),
         ("uvicorn-websockets", ["--ws", "websockets"]),
+        ("uvicorn-zttp", ["--http", "zttp", "--http2"]),
     ],
 )
 def test_server_kinds_pass_their_options(name, options, monkeypatch):
@@ -268,3 +284,111 @@ def test_against_an_unknown_revision_is_one_line():
     done = bench("--servers", "shardserve", "--against", "no-such-revision-x")
     assert done.returncode != 0
     assert done.stderr.strip() == "bench: --against no-such-revision-x: not a revision here"
+
+
+# HTTP/2 workloads -------------------------------------------------------------------
+
+H2LOAD_OUT = """\
+TLS Protocol: TLSv1.3
+Application protocol: h2
+finished in 2.01s, 2624.50 req/s, 120.23KB/s
+requests: 5300 total, 5889 started, 5300 done, 5249 succeeded, 51 failed, 40 errored, 2 timeout
+status codes: 5278 2xx, 0 3xx, 0 4xx, 11 5xx
+traffic: 120.23KB (123117) total, 10.32KB (10568) headers (space savings 91.82%), 68.24KB
+                     min         max         mean         sd        +/- sd
+time for request:     1.23ms    310.50ms     24.20ms     10.11ms    90.00%
+"""
+
+
+def test_h2load_report_counts_finished_2xx_responses_and_every_failure():
+    # (2xx counts heads still unfinished when the duration ended: succeeded bounds it)
+    found = parse_h2load(H2LOAD_OUT, H2_TLS)
+    assert found.requests == 5249 and found.errors == 5300 - 5249, found
+    assert found.rps == pytest.approx(5249 / 2.01) and found.max_ms == pytest.approx(310.5)
+    assert math.isnan(found.p50_ms) and math.isnan(found.p99_ms)
+
+
+@pytest.mark.parametrize(
+    ("out", "protocol", "message"),
+    [
+        (
+            H2LOAD_OUT.replace("protocol: h2", "protocol: http/1.1"),
+            H2_TLS,
+            "negotiated http/1.1, not h2",
+        ),
+        (  # (what h2load says of an HTTP/1.1-only server: it answers no stream)
+            "Application protocol: h2c\nfinished in 2.00s, 0.00 req/s, 0B/s\nrequests: 0 total, "
+            "40 started, 0 done, 0 succeeded, 0 failed, 0 errored, 0 timeout\n"
+            "status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx\n",
+            H2C,
+            "no 2xx response over h2c (40 requests started",
+        ),
+        ("connect: Connection refused\n", H2C, "h2load gave no result"),
+    ],
+)
+def test_an_h2load_run_that_did_not_speak_h2_is_a_failure(out, protocol, message):
+    with pytest.raises(LoadError, match=re.escape(message)):
+        parse_h2load(out, protocol)
+
+
+def test_http2_workloads_and_the_kinds_that_serve_them(monkeypatch):
+    monkeypatch.setattr("bench.servers.peer_python", lambda: "python")  # (no venv made)
+    protocols = {name: (w.protocol, w.streams) for name, w in WORKLOADS.items() if w.http2}
+    assert protocols == {
+        "h2c-plaintext": (H2C, 1),
+        "h2c-plaintext-m10": (H2C, 10),
+        "h2-tls-plaintext": (H2_TLS, 1),
+        "h2-tls-plaintext-m10": (H2_TLS, 10),
+    }
+    h2c, tls = WORKLOADS["h2c-plaintext"], WORKLOADS["h2-tls-plaintext-m10"]
+    assert "serves HTTP/1.1 only" in SERVERS["uvicorn"].cannot_serve(h2c)
+    assert "not HTTP/1.1" in SERVERS["granian-h2"].cannot_serve(WORKLOADS["plaintext"])
+    cert = Certificate(Path("/c/cert.pem"), Path("/c/key.pem"))
+    flags = {
+        "shardserve": ["--ssl-certfile", "/c/cert.pem", "--ssl-keyfile", "/c/key.pem"],
+        "uvicorn-zttp": ["--ssl-certfile", "/c/cert.pem", "--ssl-keyfile", "/c/key.pem"],
+        "granian": ["--ssl-certificate", "/c/cert.pem", "--ssl-keyfile", "/c/key.pem"],
+        "hypercorn": ["--certfile", "/c/cert.pem", "--keyfile", "/c/key.pem"],
+    }
+    for name, expected in flags.items():
+        kind = SERVERS[name]
+        assert kind.cannot_serve(h2c) is None and kind.cannot_serve(tls) is None, name
+        argv = kind.command(1, 8000, APP, False, tls=cert)
+        assert any(argv[i : i + 4] == expected for i in range(len(argv))), argv
+        assert "/c/cert.pem" not in kind.command(1, 8000, APP, False)
+    argv = SERVERS["granian-h2"].command(1, 8000, APP, False)
+    assert any(argv[i : i + 2] == ["--http", "2"] for i in range(len(argv))), argv
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_the_self_signed_certificate_loads_with_a_pkcs8_key(tmp_path):
+    import ssl
+
+    from bench.tls import self_signed
+
+    cert = self_signed(tmp_path)
+    assert "BEGIN PRIVATE KEY" in cert.keyfile.read_text()  # (granian reads PKCS#8 only)
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert.certfile, cert.keyfile)
+
+
+def shardserve_speaks_http2() -> bool:
+    return importlib.util.find_spec("shardserve.shard.h2") is not None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed")
+@pytest.mark.skipif(not shardserve_speaks_http2(), reason="shardserve has no HTTP/2 here")
+def test_http2_workloads_run_on_h2load_and_http1_kinds_are_skipped(tmp_path):
+    data = tiny(
+        tmp_path, "--servers", "shardserve,uvicorn",
+        "--workloads", "h2c-plaintext-m10,h2-tls-plaintext",
+    )  # fmt: skip
+    cells = {(c["server"], c["workload"]): c for c in data["cells"]}
+    for workload in ("h2c-plaintext-m10", "h2-tls-plaintext"):
+        (run,) = cells["shardserve", workload]["runs"]
+        assert run["requests"] > 100 and run["cpu_us_per_request"] > 0, run
+        skipped = cells["uvicorn", workload]
+        assert skipped["runs"] == [] and "serves HTTP/1.1 only" in skipped["skipped"], skipped
+    table = (tmp_path / "results.md").read_text()
+    assert "| uvicorn | 1 | skipped: serves HTTP/1.1 only" in table
+    assert "Load: h2load" in table and "-m 10" in table
