@@ -100,6 +100,49 @@ class Config:
             choices=HTTP_BACKENDS,
         ),
     )
+    http2: bool = field(
+        default=True,
+        metadata=option(
+            "Serve HTTP/2: over TLS when ALPN chooses h2, in cleartext to clients that "
+            "open with its preface (h2c prior knowledge).",
+            negatable=True,
+        ),
+    )
+    h2_max_concurrent_streams: int = field(
+        default=100,
+        metadata=option(
+            "HTTP/2 streams a connection may have answered at once (more: REFUSED_STREAM).",
+            minimum=1,
+        ),
+    )
+    h2_max_header_list_size: int = field(
+        default=65536,
+        metadata=option(
+            "Largest HTTP/2 request header list, in bytes after HPACK decoding.", minimum=1024
+        ),
+    )
+    h2_max_inbound_frame_size: int = field(
+        default=16384,
+        metadata=option(
+            "Largest HTTP/2 frame payload accepted, in bytes.", minimum=16384, maximum=16777215
+        ),
+    )
+    h2_initial_stream_window_size: int = field(
+        default=65535,
+        metadata=option(
+            "HTTP/2 request body bytes a stream may send ahead of the app reading them.",
+            minimum=1,
+            maximum=2**31 - 1,
+        ),
+    )
+    h2_initial_connection_window_size: int = field(
+        default=1048576,
+        metadata=option(
+            "HTTP/2 request body bytes a connection may send ahead of the app reading them.",
+            minimum=65535,
+            maximum=2**31 - 1,
+        ),
+    )
     loop: str = field(default="auto", metadata=option("Event loop.", choices=LOOPS))
     lifespan: str = field(
         default="auto", metadata=option("ASGI lifespan protocol.", choices=LIFESPAN_MODES)
@@ -187,6 +230,14 @@ class Config:
             "Close a connection whose request body sends nothing for this many seconds "
             "while the app waits for it (the app gets http.disconnect); 0: no limit.",
             minimum=0,
+        ),
+    )
+    timeout_send: float = field(
+        default=60.0,
+        metadata=option(
+            "Close an HTTP/2 connection whose client reads nothing, or keeps a response's "
+            "flow-control window shut, for this many seconds.",
+            minimum=0.1,
         ),
     )
     timeout_graceful_shutdown: float | None = field(

@@ -130,6 +130,8 @@ COUNTS = (
         "WebSocket messages sent",
         metric="websocket_messages_sent",
     ),
+    Count("h2_connections", COUNTER, "HTTP/2 connections", metric="http2_connections"),
+    Count("h2_requests", COUNTER, "HTTP/2 requests (streams answered)", metric="http2_requests"),
     # Errors, by kind.  Not in the status "errors": overload, a refusal at
     # --limit-concurrency (load, not a failure).
     Count("app_errors", COUNTER, "app exceptions", error="app", status=ERRORS),
@@ -139,6 +141,12 @@ COUNTS = (
     Count("timeouts", COUNTER, "timeouts", error="timeout", status=ERRORS),
     # refused with 503 at --limit-concurrency
     Count("overloaded", COUNTER, "overload (503)", error="overload"),
+    # HTTP/2 streams refused (REFUSED_STREAM) past --h2-max-concurrent-streams
+    Count("h2_refused", COUNTER, "HTTP/2 streams refused", error="http2_refused"),
+    # HTTP/2 frames or requests in error: a stream reset or the connection closed
+    Count("h2_protocol", COUNTER, "HTTP/2 protocol errors", error="http2_protocol"),
+    # HTTP/2 connections closed with ENHANCE_YOUR_CALM: floods, rapid reset, HPACK bombs
+    Count("h2_floods", COUNTER, "HTTP/2 floods stopped", error="http2_flood"),
     # The request_duration_seconds histogram's sum (its buckets are Stats.latency).
     Count(
         "latency_sum",

@@ -266,7 +266,15 @@ def test_errors_are_counted_by_kind(serve, backend):
         }
 
     samples = wait_until(port, lambda s: kinds(s).get("overload") == 1)
-    assert kinds(samples) == {"app": 1, "parse": 1, "timeout": 1, "overload": 1}
+    assert kinds(samples) == {
+        "app": 1,
+        "parse": 1,
+        "timeout": 1,
+        "overload": 1,
+        "http2_refused": 0,
+        "http2_protocol": 0,
+        "http2_flood": 0,
+    }
 
 
 def test_websocket_connections_and_messages(serve):

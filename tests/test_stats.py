@@ -437,7 +437,13 @@ KNOWN_SERIES = {
     "open_connections": ("gauge", "connections open now"),
     "active_requests": ("gauge", "requests (and WebSocket sessions) being answered now"),
     "websocket_open": ("gauge", "WebSocket connections open now"),
-    "errors": ("counter", "errors by kind: app exceptions, parse errors, timeouts, overload (503)"),
+    "http2_connections": ("counter", "HTTP/2 connections"),
+    "http2_requests": ("counter", "HTTP/2 requests (streams answered)"),
+    "errors": (
+        "counter",
+        "errors by kind: app exceptions, parse errors, timeouts, overload (503), "
+        "HTTP/2 streams refused, HTTP/2 protocol errors, HTTP/2 floods stopped",
+    ),
 }
 
 
@@ -448,7 +454,15 @@ def test_the_series_dashboards_know_keep_their_names_types_and_help():
         assert (shard["type"], shard["help"]) == (kind, help_text), name
         assert (total["type"], total["help"]) == (kind, help_text + ", all shards"), name
     errors = [key for key in families["shardserve_errors"] if isinstance(key, tuple)]
-    assert {dict(labels)["kind"] for _, labels in errors} >= {"app", "parse", "timeout", "overload"}
+    assert {dict(labels)["kind"] for _, labels in errors} >= {
+        "app",
+        "parse",
+        "timeout",
+        "overload",
+        "http2_refused",
+        "http2_protocol",
+        "http2_flood",
+    }
 
 
 def test_status_shows_the_entries_with_a_column_and_sums_the_errors():

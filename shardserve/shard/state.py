@@ -117,6 +117,12 @@ class ShardState:
         self.timeout_request_header = config.timeout_request_header
         self.timeout_request_body = config.timeout_request_body  # 0: off
         self.limit_request_body = config.limit_request_body
+        self.timeout_send = config.timeout_send
+        self.http2 = None
+        if config.http2:
+            from .h2.support import Http2
+
+            self.http2 = Http2(config)
         access_logger = logging.getLogger("shardserve.access")
         self.access_log = config.access_log and access_logger.isEnabledFor(logging.INFO)
         self.access_logger = AccessLog(access_logger)
@@ -159,6 +165,9 @@ class ShardState:
             date = b"date: %s\r\n" % formatdate(second, usegmt=True).encode("ascii")
             self._date = date if self._date_enabled else b""
             self.default_headers = self._server + self._date + self._custom
+            self.h2_default_headers = [
+                tuple(line.split(b": ", 1)) for line in self.default_headers.split(b"\r\n") if line
+            ]
             self._canned.clear()
 
     def max_requests_reached(self) -> None:

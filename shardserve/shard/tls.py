@@ -20,4 +20,6 @@ def create_ssl_context(config: Config) -> ssl.SSLContext:
         context.load_verify_locations(config.ssl_ca_certs)
     if config.ssl_ciphers:
         context.set_ciphers(config.ssl_ciphers)
+    # ALPN: h2 first when HTTP/2 is on (shard/h2/support.py takes those connections).
+    context.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return context

@@ -1,5 +1,10 @@
 """One request/response exchange: the ASGI ``receive`` and ``send`` of an http scope.
 
+``RequestCycle`` is the exchange for every protocol: its ``conn`` is the HTTP/1.1
+connection, or an HTTP/2 stream (``../h2/stream.py``) with the same interface.  What
+differs is how a response is framed: ``_start``, ``_write_body`` and ``_send_error``
+here write HTTP/1.1; ``H2Exchange`` overrides those three (and trailers).
+
 The response head is held back until the first body message (as the ASGI spec asks),
 so that a typical response leaves in one write, and an app that fails between
 ``http.response.start`` and its body still gets a clean 500.
@@ -137,12 +142,17 @@ class RequestCycle:
                 self.status = 0  # no response: the client left first
             else:
                 self.status = 500
-                response = conn.state.canned(500)
-                conn.transport.write(response)
-                conn.counters.bytes_out += len(response)
+                self._send_error(500)
         self.state = COMPLETE
         self.wake()
         conn.response_done(self)
+
+    def _send_error(self, status: int) -> None:
+        """The server's own response, when the app's never began."""
+        conn = self.conn
+        response = conn.state.canned(status)
+        conn.transport.write(response)
+        conn.counters.bytes_out += len(response)
 
     # receive -------------------------------------------------------------------
 
@@ -210,7 +220,10 @@ class RequestCycle:
                 self._write_body(message.get("body", b""), message.get("more_body", False))
                 return
         elif message_type == "http.response.start" and state == NOT_STARTED:
-            self._start(message["status"], message.get("headers", ()))
+            self._start(message)
+            return
+        elif message_type == "http.response.trailers" and self._trailers_due():
+            self._write_trailers(message.get("headers", ()), message.get("more_trailers", False))
             return
         raise RuntimeError(
             f"Unexpected ASGI message {message_type!r} "
@@ -223,7 +236,17 @@ class RequestCycle:
             )
         )
 
-    def _start(self, status: int, headers) -> None:
+    def _trailers_due(self) -> bool:
+        """Whether an http.response.trailers message may come now (HTTP/1.1: never;
+        the extension is not offered)."""
+        return False
+
+    def _write_trailers(self, headers, more_trailers: bool) -> None:
+        raise NotImplementedError
+
+    def _start(self, message: dict) -> None:
+        status = message["status"]
+        headers = message.get("headers", ())
         shard_state = self.conn.state
         content_length = None
         app_chunked = close = False
@@ -316,14 +339,18 @@ class RequestCycle:
             transport.write(data)
             conn.counters.bytes_out += len(data)
         if not more_body:
-            self.state = COMPLETE
-            if self.waiter is not None:
-                self.wake()
-            if self.remaining:
-                self.keep_alive = False
-                conn.response_done(self)
-                raise RuntimeError("Response content shorter than Content-Length")
-            conn.response_done(self)
+            self._complete()
+
+    def _complete(self) -> None:
+        """The response has been written whole (or as much of it as the app sent)."""
+        self.state = COMPLETE
+        if self.waiter is not None:
+            self.wake()
+        if self.remaining:
+            self.keep_alive = False
+            self.conn.response_done(self)
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.conn.response_done(self)
 
     def _close_after(self, head: list[bytes]) -> None:
         """The response begins before the request body has all arrived: whatever the

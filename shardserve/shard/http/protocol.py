@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 from collections import deque
-from time import perf_counter
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
-from ...messages import LATENCY_BUCKETS
 from ..connection import WriteFlow
-from ..state import METHOD_SLOTS, OTHER_SLOT
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
 from ..ws.session import WebSocketSession
 from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
 from .eager import eager_starter
 from .parser import ParseError
-from .proxy import apply_proxy_headers
 from .response import canned_response
+from .scope import account, is_trusted, request_scope, scope_template, split_other_target
 
 if TYPE_CHECKING:
     from ..state import ShardState
 
 logger = logging.getLogger("shardserve.error")
-
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-FIRST_BUCKET = LATENCY_BUCKETS[0]
 
 # Timer kinds: what the connection is waiting for, if anything is the client's turn.
 NO_TIMER = 0
@@ -68,8 +60,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         "loop",
         "transport",
         "parser",
-        "server",
-        "client",
         "scheme",
         "trusted",
         "scope_template",
@@ -123,30 +113,23 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         if type(transport) is _SelectorSocketTransport:
             transport.max_size = ASYNCIO_READ_SIZE
         state = self.state
+        http2 = state.http2
+        if http2 is not None:  # (once per connection: which protocol it speaks)
+            if self.scheme == "https":
+                if http2.negotiated(transport):
+                    self.counters.connections += 1
+                    http2.take_over(state, transport, b"", self.scheme)
+                    return
+                parser = state.parser_class(self, state.limits)
+            else:
+                parser = http2.sniffer(self, state.parser_class(self, state.limits))
+        else:
+            parser = state.parser_class(self, state.limits)
+        self.parser = parser
         state.connections.add(self)
         self.counters.connections += 1
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))
-        self.trusted = state.proxy_headers and (
-            (self.client[0] if self.client else None) in state.trusted
-        )
-        self.parser = state.parser_class(self, state.limits)
-        # What every request on this connection shares; copied, then completed, per request.
-        self.scope_template = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": "1.1",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": "GET",
-            "root_path": state.root_path,
-            "path": "/",
-            "raw_path": b"/",
-            "query_string": b"",
-            "headers": [],
-            "state": None,
-        }
+        self.scope_template = scope_template(state, transport, self.scheme, "1.1")
+        self.trusted = is_trusted(state, self.scope_template)
         if state.draining:
             # Accepted just before the listener closed: answer it, then close.
             self.draining = True
@@ -214,27 +197,10 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         if target[0] == 47:  # b"/": origin-form, nearly always
             raw_path, _, query = target.partition(b"?")
         else:
-            raw_path, query = _split_other_target(method, target)
-        try:
-            path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            raise ParseError(400, "non-ASCII request target") from None
-        if "%" in path:
-            path = unquote(path)
-        scope = self.scope_template.copy()
-        scope["http_version"] = http_version
-        scope["method"] = method
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query
-        scope["headers"] = headers
-        scope["state"] = state.lifespan_state.copy()
-        if state.root_path:
-            scope["path"] = state.root_path + path
-            scope["raw_path"] = state.root_path_bytes + raw_path
-        if self.trusted:
-            apply_proxy_headers(scope, headers, state.trusted)
-
+            raw_path, query = split_other_target(method, target)
+        scope = request_scope(
+            self.scope_template, state, self.trusted, method, raw_path, query, http_version, headers
+        )
         cycle = RequestCycle(self, scope, keep_alive)
         self.parsing = cycle
         if self.cycle is None:
@@ -295,22 +261,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
     def response_done(self, cycle: RequestCycle) -> None:
         """Called once per exchange, when its response is complete (or abandoned)."""
         state = self.state
-        counters = self.counters
-        elapsed = perf_counter() - cycle.started
-        # (A fast answer skips the search: most land in the first bucket.)
-        counters.latency[
-            0 if elapsed <= FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)
-        ] += 1
-        counters.latency_sum += elapsed
-        status = cycle.status
-        counters.responses[METHOD_SLOTS.get(cycle.scope["method"], OTHER_SLOT) + status // 100] += 1
-        if state.access_log and status:  # (0: the client left before any response)
-            self._log_access(cycle)
-        left = state.requests_left
-        if left is not None:
-            state.requests_left = left = left - 1
-            if left <= 0:
-                state.max_requests_reached()
+        account(state, cycle)
         if self.cycle is not cycle:
             return
         if not cycle.keep_alive or self.draining or self.closed:
@@ -328,7 +279,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
                 cycle.task = self.loop.create_task(cycle.run())
         elif self.rejection:
             self.transport.write(self.rejection)
-            counters.bytes_out += len(self.rejection)
+            self.counters.bytes_out += len(self.rejection)
             self.close_lingering()
             return
         elif self.parsing is None:
@@ -336,14 +287,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             self.timer_since = state.now
         if self.read_paused:
             self.maybe_resume_reading()
-
-    def _log_access(self, cycle: RequestCycle) -> None:
-        scope = cycle.scope
-        query = scope["query_string"]
-        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        self.state.access_logger.log(
-            scope["client"], scope["method"], path, scope["http_version"], cycle.status
-        )
 
     # Errors, timeouts and shutdown -----------------------------------------------------
 
@@ -437,6 +380,16 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.transport.abort()
 
     # Switching protocols --------------------------------------------------------------
+
+    def switch_to_http2(self, data: bytes) -> None:
+        """The client opened with HTTP/2's connection preface (prior knowledge): an
+        H2Connection takes the transport over, with what arrived so far."""
+        self.state.connections.discard(self)
+        self.closed = True  # (as far as this object is concerned)
+        self.timer = NO_TIMER
+        self.parser = _Discard
+        self.close_starter()
+        self.state.http2.take_over(self.state, self.transport, data, self.scheme)
 
     def on_upgrade(self, rest: bytes) -> bool:
         """The parser saw a request asking to switch protocols (after its head and
@@ -542,30 +495,3 @@ def websocket_scope(http_scope: dict) -> dict:
     scope["subprotocols"] = requested_subprotocols(http_scope["headers"])
     scope["extensions"] = {"websocket.http.response": {}}
     return scope
-
-
-def _address(value) -> tuple | None:
-    if isinstance(value, tuple) and len(value) >= 2:
-        return (str(value[0]), int(value[1]))
-    if isinstance(value, str) and value:
-        return (value, None)
-    return None
-
-
-def _split_other_target(method: str, target: bytes) -> tuple[bytes, bytes]:
-    """absolute-form ('http://host/p?q'), asterisk-form ('*') or authority-form (CONNECT)."""
-    if target == b"*" and method == "OPTIONS":
-        return b"*", b""
-    if method == "CONNECT":
-        # A well-formed CONNECT (the parser checked its host:port) asks for a tunnel,
-        # which ASGI has no way to serve: not the client's error.
-        raise ParseError(501, "CONNECT is not supported")
-    scheme, sep, rest = target.partition(b"://")
-    if sep and scheme.lower() in (b"http", b"https"):
-        slash = rest.find(b"/")
-        if slash < 0:
-            query_at = rest.find(b"?")
-            return b"/", rest[query_at + 1 :] if query_at >= 0 else b""
-        raw_path, _, query = rest[slash:].partition(b"?")
-        return raw_path, query
-    raise ParseError(400, "invalid request target")
