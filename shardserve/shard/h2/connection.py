@@ -16,6 +16,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     PingReceived,
     PriorityUpdated,
     RemoteSettingsChanged,
@@ -26,6 +27,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, H2Error
+from hyperframe.frame import GoAwayFrame
 
 from ..connection import WriteFlow
 from ..http.cycle import BODY_ENDED, COMPLETE, STREAMING
@@ -43,6 +45,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("shardserve.error")
 
 TRAILERS_EXTENSION = {"http.response.trailers": {}}
+# A draining connection sends its GOAWAY (NO_ERROR, the last stream taken) when no
+# stream is being answered, or after DRAIN_GOAWAY_SECONDS if it never is idle.  Not
+# at once: clients built on h2 (httpx) fail every response still in flight once
+# they have a GOAWAY, and RFC 9113's two-step GOAWAY (a first one naming stream
+# 2^31-1, then a PING) fails them the same way.  After the GOAWAY the connection
+# lingers until the client closes it, or for LINGER_SECONDS (closing at once could
+# reset it before the client has read the GOAWAY); new streams are refused.
+DRAIN_GOAWAY_SECONDS = 2.0
+LINGER_SECONDS = 1.0
 _INTERNED = {name.encode("ascii"): name for name in INTERNED_METHODS.values()}
 
 
@@ -64,6 +75,8 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         "starting",
         "closed",
         "draining",
+        "drain_since",
+        "refusing",
         "read_paused",
         "write_paused",
         "drain_waiter",
@@ -91,6 +104,8 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         self.starting: list[H2Exchange] = []  # parsed, started once the data is handled
         self.closed = False
         self.draining = False
+        self.drain_since = 0.0
+        self.refusing = False  # the GOAWAY is out: new streams are refused
         self.read_paused = False
         self.write_paused = False
         self.drain_waiter = None
@@ -187,8 +202,11 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         stream_id = event.stream_id
         state = self.state
         settings = self.settings
-        if self.draining:
-            self._refuse(stream_id)
+        if self.refusing:
+            # Opened after our GOAWAY: ignored (RFC 9113 6.8; the client knows from the
+            # GOAWAY that it was not processed), from the reset budget.
+            if not self.resets.spend(state.now):
+                self.calm("streams after GOAWAY")
             return
         if len(self.streams) >= settings.max_concurrent_streams:
             self.counters.h2_refused += 1
@@ -304,7 +322,7 @@ class H2Connection(WriteFlow, asyncio.Protocol):
 
     def _terminated(self, event: ConnectionTerminated) -> None:
         """The client sent GOAWAY: finish what it asked, then close."""
-        self.draining = True
+        self.draining = self.refusing = True
         if not self.streams:
             self.close()
 
@@ -413,7 +431,7 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         if not self.streams:
             self.idle_since = self.state.now
             if self.draining:
-                self.close()
+                self._goaway()
 
     def _refuse(self, stream_id: int) -> None:
         self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -486,6 +504,12 @@ class H2Connection(WriteFlow, asyncio.Protocol):
                     stream.on_reset()  # (its app gets http.disconnect)
         elif now - self.idle_since >= state.timeout_keep_alive:
             self.drain(close_idle=True)
+        if self.draining:
+            if not self.refusing:
+                if now - self.drain_since >= DRAIN_GOAWAY_SECONDS:
+                    self._goaway()  # (never idle: the streams in flight still finish)
+            elif not self.streams and now - self.drain_since >= LINGER_SECONDS:
+                self.close()
         if self.closed:
             return
         if self.settings.header_block_pending(self):
@@ -505,17 +529,30 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         self.closed = True
 
     def drain(self, close_idle: bool) -> None:
-        """GOAWAY naming the last stream we took: those finish, no new ones start."""
-        if self.closed:
+        """End gracefully: the streams taken finish, the client opens new ones
+        elsewhere.  GOAWAY goes once no stream is being answered (see
+        DRAIN_GOAWAY_SECONDS); ``close_idle`` makes no difference."""
+        if self.closed or self.draining:
             return
-        if not self.draining:
-            self.draining = True
-            self.h2.close_connection(
-                error_code=ErrorCodes.NO_ERROR, last_stream_id=self.h2.highest_inbound_stream_id
-            )
-            self.flush()
+        self.draining = True
+        self.drain_since = self.state.now
         if not self.streams:
-            self.close()
+            self._goaway()
+
+    def _goaway(self) -> None:
+        """Write a NO_ERROR GOAWAY naming the last stream taken, ourselves: h2's would
+        end its state machine, and with it the streams still being answered."""
+        if self.refusing or self.closed:
+            return
+        self.refusing = True
+        self.drain_since = self.state.now  # (from now on: how long it lingers)
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id or 0
+        frame.error_code = ErrorCodes.NO_ERROR
+        data = frame.serialize()
+        self.transport.write(data)
+        self.counters.bytes_out += len(data)
 
     def abort(self) -> None:
         for stream in tuple(self.streams.values()):
@@ -539,6 +576,7 @@ _HANDLERS = {
     WindowUpdated: H2Connection._window_updated,
     RemoteSettingsChanged: H2Connection._settings_changed,
     PingReceived: H2Connection._spend_control,
+    PingAckReceived: H2Connection._spend_control,
     PriorityUpdated: H2Connection._spend_control,
     UnknownFrameReceived: H2Connection._spend_control,
     ConnectionTerminated: H2Connection._terminated,
