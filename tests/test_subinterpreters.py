@@ -13,8 +13,10 @@ makes .venv313 from pyenv's 3.13 and fails if it cannot).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -468,6 +470,23 @@ def test_websockets_in_subinterpreter_shards(serve):
             interpreter, _, echoed = websocket.recv(timeout=5).partition(":")
             assert echoed == text
             assert int(interpreter) > 0  # not the main interpreter
+
+
+def test_http2_in_subinterpreter_shards(serve):
+    """h2 (pure Python) inside an interpreter: h2c prior knowledge, streams multiplexed
+    on one connection (curl --parallel), each answered by a Starlette app."""
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    urls = [server.url + "/"] * 6
+    result = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "--parallel", "--parallel-immediate",
+         "--max-time", "10", "-w", "\\n%{http_version}\\n", *urls],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("2") == 6, result.stdout
+    assert all(json.loads(line)["interpreter"] > 0 for line in lines if line.startswith("{"))
+    assert server.stop() == 0
 
 
 def test_heartbeats_flow_from_subinterpreter_shards(serve):
