@@ -154,15 +154,18 @@ class H2Connection(WriteFlow, asyncio.Protocol):
                 if self.closed:
                     return
             self.settings.header_block_pending(self)
+            # The apps start once every frame is handled (their requests are then
+            # complete as far as this packet goes), and what they answer at once
+            # leaves in one write.
+            starting = self.starting
+            while starting and not self.closed:
+                exchange = starting.pop(0)
+                exchange.task = self.start(exchange.run())
         except H2Error as exc:
             self._fail("h2_protocol", exc)
             return
         finally:
             self.feeding = False
-        starting = self.starting
-        while starting:
-            exchange = starting.pop(0)
-            exchange.task = self.start(exchange.run())
         self.flush()
 
     def eof_received(self) -> bool | None:
