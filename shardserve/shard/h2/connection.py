@@ -27,14 +27,15 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, H2Error
-from hyperframe.frame import GoAwayFrame
 
 from ..connection import WriteFlow
 from ..http.cycle import BODY_ENDED, COMPLETE, STREAMING
 from ..http.eager import eager_starter
 from ..http.parser import INTERNED_METHODS, ParseError
 from ..http.scope import is_trusted, request_scope, scope_template
+from .ending import ConnectionEnding
 from .guard import CONTROL_CAPACITY, CONTROL_RATE, RESET_CAPACITY, RESET_RATE, Budget
+from .output import StreamOutput
 from .request import StreamError, split_request
 from .stream import STATUS_VALUES, H2Exchange, H2Stream
 
@@ -45,19 +46,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("shardserve.error")
 
 TRAILERS_EXTENSION = {"http.response.trailers": {}}
-# A draining connection sends its GOAWAY (NO_ERROR, the last stream taken) when no
-# stream is being answered, or after DRAIN_GOAWAY_SECONDS if it never is idle.  Not
-# at once: clients built on h2 (httpx) fail every response still in flight once
-# they have a GOAWAY, and RFC 9113's two-step GOAWAY (a first one naming stream
-# 2^31-1, then a PING) fails them the same way.  After the GOAWAY the connection
-# lingers until the client closes it, or for LINGER_SECONDS (closing at once could
-# reset it before the client has read the GOAWAY); new streams are refused.
-DRAIN_GOAWAY_SECONDS = 2.0
-LINGER_SECONDS = 1.0
 _INTERNED = {name.encode("ascii"): name for name in INTERNED_METHODS.values()}
 
 
-class H2Connection(WriteFlow, asyncio.Protocol):
+class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
     """One connection speaking HTTP/2: a ``Connection`` of its shard."""
 
     __slots__ = (
@@ -329,84 +321,6 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         if not self.streams:
             self.close()
 
-    # Sending ---------------------------------------------------------------------------
-
-    def send_head(self, stream: H2Stream, headers: list, end: bool) -> None:
-        if stream.ended:
-            return
-        self.h2.send_headers(stream.stream_id, headers, end_stream=end)
-        if end:
-            stream.ended = True
-        if not self.feeding:
-            self.flush()
-
-    def send_data(self, stream: H2Stream, data: bytes, end: bool) -> None:
-        """Send what the client's windows allow; hold the rest (the app's next send
-        waits for it) until WINDOW_UPDATE lets it out."""
-        if stream.ended:
-            return
-        if not self._send_window(stream, data, end):
-            stream.blocked_since = self.state.now
-            self.blocked[stream.stream_id] = stream
-        if not self.feeding:
-            self.flush()
-
-    def _send_window(self, stream: H2Stream, data: bytes, end: bool) -> bool:
-        """True if all of ``data`` went (and the end, if ``end``)."""
-        h2 = self.h2
-        stream_id = stream.stream_id
-        size = len(data)
-        sent = 0
-        if size:
-            self.sent_since_update = True
-            frame_size = h2.max_outbound_frame_size
-            while sent < size:
-                window = min(h2.local_flow_control_window(stream_id), frame_size)
-                if window <= 0:
-                    stream.pending = data[sent:] if sent else data
-                    stream.pending_end = end
-                    return False
-                chunk = data[sent : sent + window] if sent or window < size else data
-                sent += len(chunk)
-                h2.send_data(stream_id, chunk, end_stream=end and sent == size)
-        elif end:
-            h2.end_stream(stream_id)
-        stream.pending = None
-        if end:
-            stream.ended = True
-        return True
-
-    def _send_blocked(self) -> None:
-        for stream_id, stream in tuple(self.blocked.items()):
-            data, end = stream.pending, stream.pending_end
-            if data is None or self._send_window(stream, data, end):
-                del self.blocked[stream_id]
-                stream.blocked_since = None
-                stream.wake_writer()
-                exchange = stream.exchange
-                if stream.ended and (exchange is None or exchange.state == COMPLETE):
-                    self._finish(stream)
-
-    def send_canned(self, stream: H2Stream, status: int) -> None:
-        """The server's own answer on one stream (plain text, the reason phrase)."""
-        headers, body = self.settings.canned(self.state, status)
-        self.send_head(stream, headers, False)
-        self.send_data(stream, body, True)
-
-    def acknowledge(self, stream_id: int, size: int) -> None:
-        """``size`` bytes of body were consumed: let the client send as much again."""
-        if self.closed:
-            return
-        self.h2.acknowledge_received_data(size, stream_id)
-        if not self.feeding:
-            self.flush()
-
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and not self.closed:
-            self.transport.write(data)
-            self.counters.bytes_out += len(data)
-
     # Streams ending --------------------------------------------------------------------
 
     def response_done(self, stream: H2Stream) -> None:
@@ -456,119 +370,6 @@ class H2Connection(WriteFlow, asyncio.Protocol):
         else:
             self._reset(stream.stream_id, ErrorCodes.CANCEL)
             stream.on_reset()
-
-    # Ending the connection -------------------------------------------------------------
-
-    def calm(self, what: str) -> None:
-        """Too much of something: GOAWAY with ENHANCE_YOUR_CALM, then close."""
-        if self.closed:
-            return
-        logger.warning("HTTP/2 client %s sent too many %s: closing", _peer(self), what)
-        self.counters.h2_floods += 1
-        self.h2.close_connection(
-            error_code=ErrorCodes.ENHANCE_YOUR_CALM,
-            last_stream_id=self.h2.highest_inbound_stream_id,
-        )
-        self.flush()
-        self.close()
-
-    def _fail(self, counter: str, exc: Exception) -> None:
-        """h2 found the client in error and has queued its GOAWAY: send it, close."""
-        self.feeding = False
-        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-        logger.debug("HTTP/2 connection error: %s", exc)
-        self.flush()
-        self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def check_timeouts(self, now: float) -> None:
-        state = self.state
-        if self.streams:
-            limit = state.timeout_send
-            if self.write_blocked_since is not None and now - self.write_blocked_since >= limit:
-                self._timed_out("the client read nothing")
-                return
-            body_limit = state.timeout_request_body
-            for stream in tuple(self.streams.values()):
-                since = stream.blocked_since
-                if since is not None and now - since >= limit:
-                    self._timed_out("the client kept a window shut")
-                    return
-                since = stream.body_since
-                if body_limit and since is not None and now - since >= body_limit:
-                    self.counters.timeouts += 1
-                    stream.body_since = None
-                    self._reset(stream.stream_id, ErrorCodes.CANCEL)
-                    self.flush()
-                    stream.on_reset()  # (its app gets http.disconnect)
-        elif now - self.idle_since >= state.timeout_keep_alive:
-            self.drain(close_idle=True)
-        if self.draining:
-            if not self.refusing:
-                if now - self.drain_since >= DRAIN_GOAWAY_SECONDS:
-                    self._goaway()  # (never idle: the streams in flight still finish)
-            elif not self.streams and now - self.drain_since >= LINGER_SECONDS:
-                self.close()
-        if self.closed:
-            return
-        if self.settings.header_block_pending(self):
-            since = self.header_block_since
-            if since is None:
-                self.header_block_since = now
-            elif now - since >= state.timeout_request_header:
-                self.counters.timeouts += 1
-                self.close()  # (a header block that does not end: CONTINUATION trickle)
-        else:
-            self.header_block_since = None
-
-    def _timed_out(self, why: str) -> None:
-        logger.debug("HTTP/2 connection closed: %s for --timeout-send", why)
-        self.counters.timeouts += 1
-        self.transport.abort()
-        self.closed = True
-
-    def drain(self, close_idle: bool) -> None:
-        """End gracefully: the streams taken finish, the client opens new ones
-        elsewhere.  GOAWAY goes once no stream is being answered (see
-        DRAIN_GOAWAY_SECONDS); ``close_idle`` makes no difference."""
-        if self.closed or self.draining:
-            return
-        self.draining = True
-        self.drain_since = self.state.now
-        if not self.streams:
-            self._goaway()
-
-    def _goaway(self) -> None:
-        """Write a NO_ERROR GOAWAY naming the last stream taken, ourselves: h2's would
-        end its state machine, and with it the streams still being answered."""
-        if self.refusing or self.closed:
-            return
-        self.refusing = True
-        self.drain_since = self.state.now  # (from now on: how long it lingers)
-        self.flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.h2.highest_inbound_stream_id or 0
-        frame.error_code = ErrorCodes.NO_ERROR
-        data = frame.serialize()
-        self.transport.write(data)
-        self.counters.bytes_out += len(data)
-
-    def abort(self) -> None:
-        for stream in tuple(self.streams.values()):
-            exchange = stream.exchange
-            if exchange is not None and exchange.task is not None:
-                exchange.task.cancel()
-        self.closed = True
-        self.transport.abort()
-
-
-def _peer(conn: H2Connection) -> str:
-    client = conn.scope_template["client"] if conn.transport is not None else None
-    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 _HANDLERS = {
