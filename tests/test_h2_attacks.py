@@ -127,21 +127,11 @@ def assert_calmed(c: H2Client) -> None:
 # Rapid reset and the server's own resets ---------------------------------------------------
 
 
-REFUSED_AFTER_RESET = (
-    "implementation bug: a stream refused (beyond --h2-max-concurrent-streams) that the "
-    "client has already reset in the same read makes the server's own reset_stream raise "
-    "StreamClosedError, taken as a connection error: the connection is dropped with no "
-    "GOAWAY (and the other streams on it with it)"
-)
-
-
 @pytest.mark.parametrize(
     "path",
     [
         "/",
-        pytest.param(
-            "/hold?s=0.5", marks=pytest.mark.xfail(reason=REFUSED_AFTER_RESET, strict=True)
-        ),
+        "/hold?s=0.5",
     ],
     ids=["quick-app", "slow-app"],
 )
@@ -383,12 +373,6 @@ def test_pings_from_a_client_that_never_reads_are_bounded(serve):
         bystander.close()
 
 
-@pytest.mark.xfail(
-    reason="implementation bug (since c0a28f8): with the client's windows open wide and "
-    "the client not reading, the app's send never waits on the transport: the shard "
-    "buffers the whole 312 MiB response (RSS +350 MB)",
-    strict=True,
-)
 def test_response_into_a_wide_window_never_read_is_bounded(serve):
     server = start(serve)
     bystander = client(server)

@@ -78,6 +78,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         "resets",
         "control",
         "sent_since_update",
+        "unflushed",
         "header_block_since",
         "start",
         "close_starter",
@@ -107,6 +108,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         self.resets = Budget(RESET_CAPACITY, RESET_RATE, state.now)
         self.control = Budget(CONTROL_CAPACITY, CONTROL_RATE, state.now)
         self.sent_since_update = False
+        self.unflushed = 0  # body bytes queued in h2 since the last flush
         self.header_block_since: float | None = None
         self.start, self.close_starter = eager_starter(self.loop)
 
@@ -316,10 +318,13 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
             self.calm(f"{type(event).__name__} frames")
 
     def _terminated(self, event: ConnectionTerminated) -> None:
-        """The client sent GOAWAY: finish what it asked, then close."""
+        """The client sent GOAWAY.  RFC 9113 lets the streams it names still be
+        answered, but h2 sends nothing after a GOAWAY: they end as if reset (their
+        apps get http.disconnect), and the connection closes."""
         self.draining = self.refusing = True
-        if not self.streams:
-            self.close()
+        for stream in tuple(self.streams.values()):
+            stream.on_reset()
+        self.close()
 
     # Streams ending --------------------------------------------------------------------
 
@@ -342,7 +347,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
                 h2_stream = self.h2.streams.get(stream_id)
                 if h2_stream is not None and h2_stream.open:
                     # Answered before the request's body ended: no more of it, please.
-                    self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                    self._reset(stream_id, ErrorCodes.NO_ERROR)
             if not self.feeding:
                 self.flush()
         if not self.streams:
@@ -355,7 +360,10 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
 
     def _reset(self, stream_id: int, code: int) -> None:
         """Reset a stream ourselves: from the same budget as the client's resets."""
-        self.h2.reset_stream(stream_id, code)
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except H2Error:
+            pass  # the client reset or closed it first (in the same packet, say)
         if code != ErrorCodes.NO_ERROR and not self.resets.spend(self.state.now):
             self.calm("streams refused or malformed")
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from h2.exceptions import H2Error
+
 from ..http.cycle import COMPLETE
 
 if TYPE_CHECKING:
     from .stream import H2Stream
+
+
+# Body queued in h2 while a packet is being handled is written out past this much, so
+# that the transport's write flow control sees it.
+FLUSH_BYTES = 65536
 
 
 class StreamOutput:
@@ -21,7 +28,11 @@ class StreamOutput:
     def send_head(self, stream: H2Stream, headers: list, end: bool) -> None:
         if stream.ended:
             return
-        self.h2.send_headers(stream.stream_id, headers, end_stream=end)
+        try:
+            self.h2.send_headers(stream.stream_id, headers, end_stream=end)
+        except H2Error:  # the client reset the stream or ended the connection
+            stream.on_reset()
+            return
         if end:
             stream.ended = True
         if not self.feeding:
@@ -32,11 +43,16 @@ class StreamOutput:
         waits for it) until WINDOW_UPDATE lets it out."""
         if stream.ended:
             return
-        if not self._send_window(stream, data, end):
+        try:
+            sent = self._send_window(stream, data, end)
+        except H2Error:  # the client reset the stream or ended the connection
+            stream.on_reset()
+            return
+        if not sent:
             stream.blocked_since = self.state.now
             self.blocked[stream.stream_id] = stream
-        if not self.feeding:
-            self.flush()
+        if not self.feeding or self.unflushed > FLUSH_BYTES:
+            self.flush()  # (so that a full transport pauses the app's next send)
 
     def _send_window(self, stream: H2Stream, data: bytes, end: bool) -> bool:
         """True if all of ``data`` went (and the end, if ``end``)."""
@@ -46,6 +62,7 @@ class StreamOutput:
         sent = 0
         if size:
             self.sent_since_update = True
+            self.unflushed += size
             frame_size = h2.max_outbound_frame_size
             while sent < size:
                 window = min(h2.local_flow_control_window(stream_id), frame_size)
@@ -66,7 +83,12 @@ class StreamOutput:
     def _send_blocked(self) -> None:
         for stream_id, stream in tuple(self.blocked.items()):
             data, end = stream.pending, stream.pending_end
-            if data is None or self._send_window(stream, data, end):
+            try:
+                sent = data is None or self._send_window(stream, data, end)
+            except H2Error:
+                stream.on_reset()
+                sent = True
+            if sent:
                 del self.blocked[stream_id]
                 stream.blocked_since = None
                 stream.wake_writer()
@@ -84,11 +106,15 @@ class StreamOutput:
         """``size`` bytes of body were consumed: let the client send as much again."""
         if self.closed:
             return
-        self.h2.acknowledge_received_data(size, stream_id)
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except H2Error:
+            return  # (the connection is ending: windows no longer matter)
         if not self.feeding:
             self.flush()
 
     def flush(self) -> None:
+        self.unflushed = 0
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.transport.write(data)

@@ -139,7 +139,8 @@ class H2Stream:
         self.ended = True
         self.pending = None
         self.body_since = self.blocked_since = None
-        self.exchange.wake()
+        if self.exchange is not None:
+            self.exchange.wake()
         self.wake_writer()
 
 
