@@ -1,0 +1,146 @@
+"""Drive one shard's HTTP/2 pipeline without sockets: where an h2 request's time goes.
+
+An h2 client (the same library) sends plaintext GETs, ``--streams`` per packet, to
+one ``H2Connection`` with an in-memory transport, and reads the answers (acknowledging
+their data, as a real client does).  Only the server's side is timed: the
+``data_received`` calls, inside which the app runs and answers.
+
+    python bench/hotpath_h2.py --requests 20000 --streams 10     # microseconds per request
+    python bench/hotpath_h2.py --requests 8000 --profile        # share of time, by package
+
+Not a benchmark to quote (no kernel, no TLS): the real figure is server CPU per request
+under h2load (python -m bench --workloads h2c-plaintext-m10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.apps import plaintext  # noqa: E402
+from bench.hotpath import MemoryTransport  # noqa: E402
+from shardserve.config import Config  # noqa: E402
+from shardserve.shard.h2.connection import H2Connection  # noqa: E402
+from shardserve.shard.server import new_event_loop  # noqa: E402
+from shardserve.shard.state import ShardState  # noqa: E402
+
+HEADERS = [
+    (b":method", b"GET"),
+    (b":path", b"/"),
+    (b":scheme", b"http"),
+    (b":authority", b"127.0.0.1:8000"),
+    (b"user-agent", b"h2load"),
+]
+PACKAGES = ("h2", "hpack", "hyperframe", "shardserve", "asyncio", "logging")
+
+
+class CapturingTransport(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+
+async def drive(requests: int, streams: int, profile: cProfile.Profile | None) -> float:
+    loop = asyncio.get_running_loop()
+    config = Config(app="bench.apps:plaintext", access_log=False)
+    state = ShardState(config, plaintext, loop)
+    server = H2Connection(state, state.http2, "http")
+    transport = CapturingTransport()
+    server.connection_made(transport)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False
+        )
+    )
+    client.initiate_connection()
+    spent = 0.0
+
+    def timed(data: bytes) -> None:
+        nonlocal spent
+        if profile is not None:
+            profile.enable()
+        started = time.perf_counter()
+        server.data_received(data)
+        spent += time.perf_counter() - started
+        if profile is not None:
+            profile.disable()
+
+    async def send(data: bytes) -> None:
+        loop.call_soon(timed, data)  # (from a loop callback, as a transport would)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def answers() -> int:
+        ended = 0
+        for event in client.receive_data(b"".join(transport.out)):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended += 1
+        transport.out.clear()
+        return ended
+
+    await send(client.data_to_send())
+    answers()
+    spent = 0.0
+    stream_id = 1
+    answered = 0
+    for _ in range(requests // streams):
+        for _ in range(streams):
+            client.send_headers(stream_id, HEADERS, end_stream=True)
+            stream_id += 2
+        await send(client.data_to_send())
+        answered += answers()
+        pending = client.data_to_send()
+        if pending:
+            await send(pending)
+    assert answered == requests // streams * streams, answered
+    server.connection_lost(None)
+    await asyncio.sleep(0)
+    return spent / answered
+
+
+def by_package(profile: cProfile.Profile) -> dict[str, float]:
+    shares: dict[str, float] = {}
+    for (filename, _, _), (_, _, own, _, _) in pstats.Stats(profile).stats.items():
+        package = next((p for p in PACKAGES if f"/{p}/" in filename), "other")
+        shares[package] = shares.get(package, 0.0) + own
+    total = sum(shares.values())
+    return {package: own / total for package, own in sorted(shares.items(), key=lambda i: -i[1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--streams", type=int, default=10, help="requests per packet")
+    parser.add_argument("--loop", default="uvloop")
+    parser.add_argument("--profile", action="store_true", help="cProfile, by package")
+    args = parser.parse_args()
+    profile = cProfile.Profile() if args.profile else None
+    loop = new_event_loop(args.loop)
+    try:
+        seconds = loop.run_until_complete(drive(args.requests, args.streams, profile))
+    finally:
+        loop.close()
+    print(f"h2, {args.streams} streams a packet: {seconds * 1e6:.1f} us/request (server side)")
+    if profile is not None:
+        for package, share in by_package(profile).items():
+            print(f"  {package:12s} {share * 100:5.1f}% of the profiled time")
+
+
+if __name__ == "__main__":
+    main()
