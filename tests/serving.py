@@ -320,3 +320,49 @@ def running(factory: ServerFactory, app: str, *args: str, **kwargs) -> Iterator[
         yield server
     finally:
         server.stop()
+
+
+class RssMonitor:
+    """Sample a server's RSS every 20 ms in a thread while the ``with`` block runs (and
+    once more at its end, for what is over within 20 ms); ``check`` asserts it grew by
+    less than ``bound_kib``."""
+
+    def __init__(self, server: Server, bound_kib: int, min_samples: int = 10) -> None:
+        self.server = server
+        self.bound_kib = bound_kib
+        self.min_samples = min_samples
+        self.idle = server.rss_kib()
+        self.peak = self.idle
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> bool:
+        try:
+            rss = self.server.rss_kib()
+        except (OSError, RuntimeError):
+            return False  # the process is gone; the test will notice
+        self.peak = max(self.peak, rss)
+        self.samples += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02) and self._sample():
+            pass
+
+    def __enter__(self) -> RssMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+
+    def check(self, what: str) -> None:
+        growth = self.peak - self.idle
+        assert self.samples >= self.min_samples, f"only {self.samples} RSS samples taken"
+        assert growth < self.bound_kib, (
+            f"server RSS grew by {growth} KiB (idle {self.idle} KiB, peak {self.peak} KiB) "
+            f"during {what}"
+        )

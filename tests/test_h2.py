@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import trustme
 from h2client import (
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
@@ -45,28 +44,6 @@ H2_BACKENDS = ["httptools", "python"]
 
 
 # Helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def certs(ca, tmp_path):
-    """(keyfile, certfile, cafile, client ssl context) for 127.0.0.1 and localhost."""
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
-    keyfile = tmp_path / "key.pem"
-    certfile = tmp_path / "cert.pem"
-    cafile = tmp_path / "ca.pem"
-    server_cert.private_key_pem.write_to_path(str(keyfile))
-    server_cert.cert_chain_pems[0].write_to_path(str(certfile))
-    for extra in server_cert.cert_chain_pems[1:]:
-        extra.write_to_path(str(certfile), append=True)
-    ca.cert_pem.write_to_path(str(cafile))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return keyfile, certfile, cafile, context
 
 
 def tls_args(certs) -> list[str]:

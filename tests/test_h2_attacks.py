@@ -18,7 +18,6 @@ a normal client afterwards, on a connection opened before the attack and a new o
 from __future__ import annotations
 
 import select
-import threading
 import time
 
 import h2.exceptions
@@ -36,6 +35,8 @@ from h2client import (
     WindowUpdateFrame,
     padding_block,
 )
+
+from serving import RssMonitor
 
 APP = "apps.h2apps:app"
 MIB = 1024 * 1024
@@ -55,47 +56,6 @@ def client(server, **kwargs) -> H2Client:
     c = H2Client.to(server, **kwargs)
     c.handshake()
     return c
-
-
-class RssMonitor:
-    """Sample the server's RSS every 20 ms while the ``with`` block runs."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.idle = server.rss_kib()
-        self.peak = self.idle
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                rss = self.server.rss_kib()
-            except (OSError, RuntimeError):
-                return
-            self.peak = max(self.peak, rss)
-            self.samples += 1
-
-    def __enter__(self) -> RssMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        try:  # (one more sample, for an attack answered within the first 20 ms)
-            self.peak = max(self.peak, self.server.rss_kib())
-            self.samples += 1
-        except (OSError, RuntimeError):
-            pass
-
-    def check(self, what: str) -> None:
-        growth = self.peak - self.idle
-        assert self.samples >= 1, "no RSS sample: the shard is gone"
-        assert growth < RSS_BOUND_KIB, (
-            f"shard RSS grew by {growth} KiB (idle {self.idle}, peak {self.peak}) during {what}"
-        )
 
 
 def still_serves(server, bystander: H2Client | None = None) -> None:
@@ -142,7 +102,7 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(serve, path):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss, client(server) as c:
+        with RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss, client(server) as c:
             deadline = time.monotonic() + 10
             opened = 0
             for _ in range(100):  # up to 100 batches of 40 streams
@@ -235,7 +195,7 @@ def test_control_frame_flood_gets_goaway(serve, kind):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss, client(server) as c:
+        with RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss, client(server) as c:
             c.pump(0.2)
             if kind == "empty_data":
                 c.flood_stream = c.start("/drain", method="POST", end_stream=False)
@@ -259,7 +219,10 @@ def test_continuation_flood_is_bounded(serve, size):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss, client(server, validate=False) as c:
+        with (
+            RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss,
+            client(server, validate=False) as c,
+        ):
             sid = c.send_headers_raw(c.request_headers("/hold?tag=cont"), end_headers=False)
             payload = padding_block(size) if size else b""
             frame = ContinuationFrame(sid, data=payload).serialize()
@@ -294,7 +257,7 @@ def test_hpack_bomb_is_refused_after_decoding(serve):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss:
+        with RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss:
             for round_ in range(10):
                 with client(server, validate=False) as c:
                     before = c.sent_bytes
@@ -335,7 +298,7 @@ def test_pings_from_a_client_that_never_reads_are_bounded(serve):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss:
+        with RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss:
             c = client(server, rcvbuf=4096)
             try:
                 blob = b"".join(
@@ -377,7 +340,7 @@ def test_response_into_a_wide_window_never_read_is_bounded(serve):
     server = start(serve)
     bystander = client(server)
     try:
-        with RssMonitor(server) as rss:
+        with RssMonitor(server, RSS_BOUND_KIB, min_samples=1) as rss:
             c = H2Client.to(
                 server,
                 settings={SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1},

@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import struct
-import threading
 import time
 
 import httpx
@@ -35,7 +34,7 @@ from websockets.exceptions import (
 from websockets.frames import Close, Frame, Opcode
 
 from apps.wsapps import stamped
-from serving import connect, exchange, parse_responses
+from serving import RssMonitor, connect, exchange, parse_responses
 
 APP = "apps.wsapps:app"
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -177,43 +176,6 @@ class RawWebSocket:
 
 def wait_event(server, pattern: str, timeout: float = 5.0) -> str:
     return server.wait_for(r"WSEVENT " + pattern, timeout).string
-
-
-class RssMonitor:
-    """Sample the server's RSS every 20 ms in a thread while the ``with`` block runs."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.idle = server.rss_kib()
-        self.peak = self.idle
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                rss = self.server.rss_kib()
-            except (OSError, RuntimeError):
-                return
-            self.peak = max(self.peak, rss)
-            self.samples += 1
-
-    def __enter__(self) -> RssMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def check(self, what: str) -> None:
-        growth = self.peak - self.idle
-        assert self.samples >= 10, f"only {self.samples} RSS samples taken"
-        assert growth < RSS_BOUND_KIB, (
-            f"server RSS grew by {growth} KiB (idle {self.idle} KiB, peak {self.peak} KiB) "
-            f"while {what}"
-        )
 
 
 # 1. Messages, scope, negotiation ----------------------------------------------------------
@@ -713,7 +675,7 @@ def test_fast_client_slow_app_keeps_memory_flat(serve, backend):
             return json.loads(await ws.recv())
 
     assert run(transfer(20)) == {"count": 20, "bytes": 20 * size, "in_order": True}  # warm-up
-    with RssMonitor(server) as monitor:
+    with RssMonitor(server, RSS_BOUND_KIB) as monitor:
         result = run(transfer(count), timeout=25)
     assert result == {"count": count, "bytes": count * size, "in_order": True}
     monitor.check(f"{count * size // MIB} MiB went to a slow app")
@@ -754,7 +716,7 @@ def test_fast_app_stalled_client_keeps_memory_flat(serve, backend):
         warm.close()
     assert progress("warm") == 20
 
-    with RssMonitor(server) as monitor:
+    with RssMonitor(server, RSS_BOUND_KIB) as monitor:
         ws = RawWebSocket(server, f"/flood?id=big&count={count}&size={size}")
         try:
             time.sleep(1.5)
@@ -787,7 +749,7 @@ def test_pings_from_a_client_that_never_reads_keep_memory_bounded(serve, backend
     batch = memoryview(ping * 512)
     sent = 0  # bytes
     try:
-        with RssMonitor(server) as monitor:
+        with RssMonitor(server, RSS_BOUND_KIB) as monitor:
             ws.sock.settimeout(2.0)
             deadline = time.monotonic() + 30
             while sent < 400_000 * len(ping) and time.monotonic() < deadline:

@@ -1,8 +1,10 @@
 """What a shard asks of each of its connections, and the write flow they share.
 
 A shard tracks its open connections in ``ShardState.connections``: HTTP/1.1
-connections (``http/protocol.py``) and the WebSocket sessions they hand over to
-(``ws/session.py``).  The shard's ticker and its shutdown see only ``Connection``.
+connections (``http/protocol.py``), HTTP/2 connections (``h2/connection.py``) and the
+WebSocket sessions HTTP/1.1 hands over to (``ws/session.py``).  The shard's ticker
+and its shutdown see only ``Connection``.  An HTTP/2 stream waits to write with
+``DrainWaiter`` alone (its pauses come from its connection and its window).
 """
 
 from __future__ import annotations
@@ -27,7 +29,31 @@ class Connection(Protocol):
         """The grace period is over: cancel the app and drop the connection."""
 
 
-class WriteFlow:
+class DrainWaiter:
+    """Lets ``send()`` wait until writing may go on: ``wait_writable()`` parks on a
+    future that ``wake_writer()`` releases.  The class using it has ``loop`` and
+    ``drain_waiter`` (initially None)."""
+
+    __slots__ = ()
+
+    loop: asyncio.AbstractEventLoop
+    drain_waiter: asyncio.Future | None
+
+    async def wait_writable(self) -> None:
+        """Wait until woken (the write buffer drained, or the client left)."""
+        waiter = self.drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self.drain_waiter = self.loop.create_future()
+        await waiter
+
+    def wake_writer(self) -> None:
+        """Release whoever waits in ``wait_writable``."""
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class WriteFlow(DrainWaiter):
     """The transport's write flow control, for an ``asyncio.Protocol``: the transport
     calls ``pause_writing`` when its write buffer passes the high-water mark and
     ``resume_writing`` when it drains; ``send()`` awaits ``wait_writable()`` while
@@ -41,9 +67,7 @@ class WriteFlow:
 
     __slots__ = ()
 
-    loop: asyncio.AbstractEventLoop
     write_paused: bool
-    drain_waiter: asyncio.Future | None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -59,16 +83,3 @@ class WriteFlow:
 
     def writing_resumed(self) -> None:
         """Hook: the write buffer has drained (called before waiting senders wake)."""
-
-    async def wait_writable(self) -> None:
-        """Wait until the transport's write buffer drains (or the client leaves)."""
-        waiter = self.drain_waiter
-        if waiter is None or waiter.done():
-            waiter = self.drain_waiter = self.loop.create_future()
-        await waiter
-
-    def wake_writer(self) -> None:
-        """Release whoever waits in ``wait_writable``."""
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)

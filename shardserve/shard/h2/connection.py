@@ -66,6 +66,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         "blocked",
         "starting",
         "closed",
+        "closed_at",
         "draining",
         "drain_since",
         "refusing",
@@ -96,6 +97,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         self.blocked: dict[int, H2Stream] = {}  # streams whose body waits for a window
         self.starting: list[H2Exchange] = []  # parsed, started once the data is handled
         self.closed = False
+        self.closed_at = 0.0
         self.draining = False
         self.drain_since = 0.0
         self.refusing = False  # the GOAWAY is out: new streams are refused

@@ -23,6 +23,8 @@ logger = logging.getLogger("shardserve.error")
 # reset it before the client has read the GOAWAY); new streams are refused.
 DRAIN_GOAWAY_SECONDS = 2.0
 LINGER_SECONDS = 1.0
+# A connection closed but not yet gone after this long is aborted.
+CLOSE_SECONDS = 2.0
 
 
 class ConnectionEnding:
@@ -52,10 +54,17 @@ class ConnectionEnding:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.closed_at = self.state.now
             self.transport.close()
 
     def check_timeouts(self, now: float) -> None:
         state = self.state
+        if self.closed:
+            # Closed, and still not gone: uvloop's TLS transport waits up to 30 s for
+            # the client's close_notify, reading nothing meanwhile (uvloop issue 471).
+            if now - self.closed_at >= CLOSE_SECONDS:
+                self.transport.abort()
+            return
         if self.streams:
             limit = state.timeout_send
             if self.write_blocked_since is not None and now - self.write_blocked_since >= limit:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..connection import DrainWaiter
 from ..http.cycle import BODY_ENDED, COMPLETE, HEAD_PENDING, STREAMING, RequestCycle
 from ..http.response import (
     CONTENT_LENGTH,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 STATUS_VALUES = {status: b"%d" % status for status in range(100, 600)}
 
 
-class H2Stream:
+class H2Stream(DrainWaiter):
     """The connection a RequestCycle sees, for one stream of an H2Connection."""
 
     __slots__ = (
@@ -83,15 +84,7 @@ class H2Stream:
         """Wait until this stream's window lets its pending body out and the
         connection's transport drains (or the stream is gone)."""
         while (self.pending is not None or self.connection.write_paused) and not self.closed:
-            waiter = self.drain_waiter
-            if waiter is None or waiter.done():
-                waiter = self.drain_waiter = self.loop.create_future()
-            await waiter
-
-    def wake_writer(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            await super().wait_writable()
 
     def maybe_resume_reading(self) -> None:
         """The app took the body received so far: open the client's windows by as much."""
