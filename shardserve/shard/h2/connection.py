@@ -37,6 +37,7 @@ from .ending import ConnectionEnding
 from .guard import CONTROL_CAPACITY, CONTROL_RATE, RESET_CAPACITY, RESET_RATE, Budget
 from .output import StreamOutput
 from .request import StreamError, split_request
+from .session import header_block_pending, initiate, new_h2
 from .stream import STATUS_VALUES, H2Exchange, H2Stream
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         self.loop = state.loop
         self.settings = settings
         self.scheme = scheme
-        self.h2 = settings.new_connection()
+        self.h2 = new_h2(settings)
         self.transport = None
         self.streams: dict[int, H2Stream] = {}
         self.blocked: dict[int, H2Stream] = {}  # streams whose body waits for a window
@@ -124,7 +125,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         self.scope_template = scope_template(state, transport, self.scheme, "2")
         self.scope_template["extensions"] = TRAILERS_EXTENSION
         self.trusted = is_trusted(state, self.scope_template)
-        self.settings.initiate(self.h2)
+        initiate(self.h2, self.settings)
         self.flush()
         if state.draining:
             self.drain(close_idle=True)
@@ -149,7 +150,7 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
                     self.calm("control frames")
                 if self.closed:
                     return
-            self.settings.header_block_pending(self)
+            header_block_pending(self)
             # The apps start once every frame is handled (their requests are then
             # complete as far as this packet goes), and what they answer at once
             # leaves in one write.

@@ -12,6 +12,8 @@ import logging
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from .session import header_block_pending
+
 logger = logging.getLogger("shardserve.error")
 
 # A draining connection sends its GOAWAY (NO_ERROR, the last stream taken) when no
@@ -93,7 +95,7 @@ class ConnectionEnding:
                 self.close()
         if self.closed:
             return
-        if self.settings.header_block_pending(self):
+        if header_block_pending(self):
             since = self.header_block_since
             if since is None:
                 self.header_block_since = now

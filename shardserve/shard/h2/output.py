@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from h2.exceptions import H2Error
 
 from ..http.cycle import COMPLETE
+from .session import canned
 
 if TYPE_CHECKING:
     from .stream import H2Stream
@@ -98,7 +99,7 @@ class StreamOutput:
 
     def send_canned(self, stream: H2Stream, status: int) -> None:
         """The server's own answer on one stream (plain text, the reason phrase)."""
-        headers, body = self.settings.canned(self.state, status)
+        headers, body = canned(self.state, status)
         self.send_head(stream, headers, False)
         self.send_data(stream, body, True)
 
