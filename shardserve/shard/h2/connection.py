@@ -132,6 +132,11 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.counters.bytes_in += len(data)
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """What arrived, counted already (an HttpConnection that switched to HTTP/2
+        passes its input on here: see ``HttpConnection.switch_to_http2``)."""
         self.feeding = True
         try:
             events = self.h2.receive_data(data)

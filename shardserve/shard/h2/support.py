@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from ..http.protocol import HttpConnection
     from ..state import ShardState
+    from .connection import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -38,15 +39,22 @@ class Http2:
     def sniffer(self, conn: HttpConnection, parser) -> PrefaceSniffer:
         return PrefaceSniffer(conn, parser)
 
-    def take_over(self, state: ShardState, transport, data: bytes, scheme: str) -> None:
-        """Hand the transport to a new H2Connection (with what arrived so far)."""
+    def take_over(self, state: ShardState, transport, scheme: str) -> H2Connection:
+        """Hand the transport to a new H2Connection (TLS, from ``connection_made``)."""
+        connection = self.successor(state, transport, scheme)
+        transport.set_protocol(connection)
+        return connection
+
+    def successor(self, state: ShardState, transport, scheme: str) -> H2Connection:
+        """A new H2Connection on ``transport`` that its old protocol passes input
+        on to.  (In cleartext the switch happens inside ``data_received``, where
+        uvloop's ``set_protocol`` stops and restarts reading: that stalled
+        connections for up to 2 s under load.)"""
         from .connection import H2Connection  # (h2 loads with the first one)
 
         connection = H2Connection(state, self, scheme)
-        transport.set_protocol(connection)
         connection.connection_made(transport)
-        if data:
-            connection.data_received(data)
+        return connection
 
 
 class PrefaceSniffer:
