@@ -366,3 +366,34 @@ class RssMonitor:
             f"server RSS grew by {growth} KiB (idle {self.idle} KiB, peak {self.peak} KiB) "
             f"during {what}"
         )
+
+
+@contextlib.contextmanager
+def serving_inherited_fd(log: Path, *args: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A shardserve started with ``--fd`` on a listening socket made here (already
+    listening, so clients wait in its backlog until the server serves): yields (port,
+    process); its output goes to ``log``.  Killed at the end if still running."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shardserve", *args, "--fd", str(fd)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            pass_fds=(fd,),
+            start_new_session=True,
+        )
+    listener.close()  # the server holds its own copy now
+    try:
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

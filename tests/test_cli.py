@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import shardserve
-from serving import BACKENDS, ROOT, TESTS
+from serving import BACKENDS, ROOT, TESTS, serving_inherited_fd
 
 
 def problem_line(server, timeout: float = 6) -> str:
@@ -455,27 +455,8 @@ def test_uds_in_use_is_one_line_error(serve, tmp_path):
 
 
 def test_fd(backend, tmp_path):
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    fd = listener.fileno()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     log = tmp_path / "output.txt"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardserve", "apps.echo:scope_json", "--http", backend]
-            + ["--fd", str(fd)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            pass_fds=(fd,),
-            start_new_session=True,
-        )
-    listener.close()  # the server holds its own copy now
-    try:
+    with serving_inherited_fd(log, "apps.echo:scope_json", "--http", backend) as (port, proc):
         # The socket already listens, so this waits in the backlog until the server serves.
         response = httpx.get(f"http://127.0.0.1:{port}/inherited", timeout=10)
         assert response.status_code == 200
@@ -484,10 +465,6 @@ def test_fd(backend, tmp_path):
         assert f"shardserve running on http://127.0.0.1:{port}" in log.read_text()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def test_fd_not_a_socket(serve, tmp_path):

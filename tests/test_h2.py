@@ -35,7 +35,7 @@ from h2client import (
 )
 
 from apps.h2apps import pattern
-from serving import ROOT, TESTS, connect, parse_responses, read_until_close
+from serving import ROOT, TESTS, connect, parse_responses, read_until_close, serving_inherited_fd
 
 APP = "apps.h2apps:app"
 MIB = 1024 * 1024
@@ -278,26 +278,7 @@ def test_uds(serve, tmp_path):
 
 
 def test_fd(tmp_path):
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    fd = listener.fileno()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
-    log = tmp_path / "output.txt"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shardserve", APP, "--fd", str(fd)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            pass_fds=(fd,),
-            start_new_session=True,
-        )
-    listener.close()
-    try:
+    with serving_inherited_fd(tmp_path / "output.txt", APP) as (port, proc):
         with H2Client(("127.0.0.1", port), timeout=10) as c:
             c.handshake(10)
             response = c.get("/scope")
@@ -305,10 +286,6 @@ def test_fd(tmp_path):
             assert json.loads(response.body)["http_version"] == "2"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 # Semantics: scope, headers --------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..connection import WriteFlow
 from ..http.cycle import BODY_ENDED, COMPLETE, STREAMING
 from ..http.eager import eager_starter
 from ..http.parser import INTERNED_METHODS, ParseError
-from ..http.scope import is_trusted, request_scope, scope_template
+from ..http.scope import check_declared_length, is_trusted, request_scope, scope_template
 from .ending import ConnectionEnding
 from .guard import CONTROL_CAPACITY, CONTROL_RATE, RESET_CAPACITY, RESET_RATE, Budget
 from .output import StreamOutput
@@ -235,14 +235,10 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
             self.counters.overloaded += 1
         elif raw_path[:1] != b"/" and not (raw_path == b"*" and method == "OPTIONS"):
             status = 400
-        else:
-            body_limit = state.limit_request_body
-            if body_limit is not None:
-                for name, value in headers:
-                    if name == b"content-length" and value.isdigit() and int(value) > body_limit:
-                        status = 413
         if not status:
             try:
+                if state.limit_request_body is not None:
+                    check_declared_length(headers, state.limit_request_body)
                 scope = request_scope(
                     self.scope_template, state, self.trusted, method, raw_path, query, "2", headers
                 )

@@ -15,6 +15,8 @@ from ..http.framing import token
 CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
+# The request pseudo-headers (RFC 9113 8.3.1; :protocol only with RFC 8441, not offered).
+PSEUDO_HEADERS = frozenset((b":method", b":path", b":scheme", b":authority"))
 # NUL, CR or LF anywhere in a value, or whitespace at either end (RFC 9113 8.2.1).
 _bad_value = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
 
@@ -29,7 +31,7 @@ def split_request(
     """(method, :path, headers): the pseudo-headers checked and taken out, and
     ``:authority`` given as a leading ``host`` header unless the block has one.
     A CONNECT comes back with an empty path (the caller refuses it: no tunnels)."""
-    method = path = scheme = authority = None
+    pseudo: dict[bytes, bytes] = {}
     headers: list[tuple[bytes, bytes]] = []
     regular = False
     host = False
@@ -39,24 +41,11 @@ def split_request(
         if name[:1] == b":":
             if regular:
                 raise StreamError("pseudo-header after a regular header")
-            if name == b":method":
-                if method is not None:
-                    raise StreamError("duplicate :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    raise StreamError("duplicate :path")
-                path = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    raise StreamError("duplicate :scheme")
-                scheme = value
-            elif name == b":authority":
-                if authority is not None:
-                    raise StreamError("duplicate :authority")
-                authority = value
-            else:
+            if name not in PSEUDO_HEADERS:
                 raise StreamError(f"unknown pseudo-header {name!r}")
+            if name in pseudo:
+                raise StreamError(f"duplicate {name.decode()}")
+            pseudo[name] = value
             continue
         regular = True
         if name.lower() != name or token(name) is None:
@@ -68,6 +57,10 @@ def split_request(
         if name == b"host":
             host = True
         headers.append((name, value))
+    method = pseudo.get(b":method")
+    path = pseudo.get(b":path")
+    scheme = pseudo.get(b":scheme")
+    authority = pseudo.get(b":authority")
     if method is None:
         raise StreamError("no :method")
     decoded = methods.get(method)

@@ -20,7 +20,14 @@ from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycl
 from .eager import eager_starter
 from .parser import ParseError
 from .response import canned_response
-from .scope import account, is_trusted, request_scope, scope_template, split_other_target
+from .scope import (
+    account,
+    check_declared_length,
+    is_trusted,
+    request_scope,
+    scope_template,
+    split_other_target,
+)
 
 if TYPE_CHECKING:
     from ..state import ShardState
@@ -207,7 +214,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         if limit is not None and (len(state.connections) > limit or state.active_requests >= limit):
             raise ParseError(503, "concurrency limit reached")
         if self.body_limit is not None:
-            _check_declared_length(headers, self.body_limit)
+            check_declared_length(headers, self.body_limit)
             self.body_received = 0
         if target[0] == 47:  # b"/": origin-form, nearly always
             raw_path, _, query = target.partition(b"?")
@@ -496,14 +503,6 @@ class _Lingering:
         self.left -= len(data)
         if self.left < 0:
             self.transport.close()
-
-
-def _check_declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> None:
-    """--limit-request-body: a declared Content-Length above it is refused (413)
-    before the app runs.  (The parser has checked the value is digits.)"""
-    for name, value in headers:
-        if name == b"content-length" and int(value) > limit:
-            raise ParseError(413, "request body larger than --limit-request-body")
 
 
 def websocket_scope(http_scope: dict) -> dict:

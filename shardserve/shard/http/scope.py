@@ -82,6 +82,14 @@ def request_scope(
     return scope
 
 
+def check_declared_length(headers: list[tuple[bytes, bytes]], limit: int) -> None:
+    """--limit-request-body: a declared Content-Length above it is refused (413)
+    before the app runs."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ParseError(413, "request body larger than --limit-request-body")
+
+
 def split_other_target(method: str, target: bytes) -> tuple[bytes, bytes]:
     """absolute-form ('http://host/p?q'), asterisk-form ('*') or authority-form (CONNECT)."""
     if target == b"*" and method == "OPTIONS":
