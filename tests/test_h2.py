@@ -987,6 +987,22 @@ class H2Load:
             return list(self.results)
 
 
+def test_limit_request_body_on_h2_streams(serve):
+    """--limit-request-body on HTTP/2: a declared length above it is answered 413 before
+    the app runs; a body without a declared length that grows past it is answered 413
+    (no response had begun); either way the connection serves the next stream."""
+    server = serve(APP, "--limit-request-body", "1000")
+    with client(server) as c:
+        declared = c.get(
+            "/echo", method="POST", headers=[("content-length", "5000")], body=b"x" * 5000
+        )
+        assert declared.status == 413, declared
+        grown = c.get("/echo", method="POST", body=b"y" * 5000)
+        assert grown.status == 413 or grown.reset is not None, grown
+        small = c.get("/echo", method="POST", body=b"z" * 500)
+        assert small.status == 200 and bytes(small.data) == b"z" * 500, small
+
+
 def started_pids(server) -> set[int]:
     return {int(m[2]) for m in re.finditer(r"Started shard (\d+) \[(\d+)\]", server.output)}
 
