@@ -30,7 +30,7 @@ class StreamOutput:
         if stream.ended:
             return
         try:
-            self.h2.send_headers(stream.stream_id, headers, end_stream=end)
+            self.h2.send_response(stream.stream_id, headers, end)
         except H2Error:  # the client reset the stream or ended the connection
             stream.on_reset()
             return
@@ -73,9 +73,9 @@ class StreamOutput:
                     return False
                 chunk = data[sent : sent + window] if sent or window < size else data
                 sent += len(chunk)
-                h2.send_data(stream_id, chunk, end_stream=end and sent == size)
+                h2.send_body(stream_id, chunk, end and sent == size)
         elif end:
-            h2.end_stream(stream_id)
+            h2.send_body(stream_id, b"", True)
         stream.pending = None
         if end:
             stream.ended = True
