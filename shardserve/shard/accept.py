@@ -12,7 +12,7 @@ neither loop's own ``create_server`` does both:
   clients waits one whole iteration each: 64 HTTP/2 clients arriving while 64 others
   were served took 1.7 s to be accepted, their first requests 0.5-1.8 s.
 
-A ``Listener`` accepts up to the backlog each time the socket is ready.  Out of
+A ``Listener`` accepts up to ``ACCEPT_BATCH`` each time the socket is ready.  Out of
 descriptors (or kernel memory), it stops watching the socket for ``PAUSE_SECONDS``,
 logs once per ``LOG_SECONDS`` and tries again, while connections wait in the
 kernel's queue.
@@ -30,7 +30,9 @@ from collections.abc import Callable
 
 logger = logging.getLogger("shardserve.error")
 
-ACCEPT_BATCH = 16
+# New connections taken each time the socket is ready: a burst at once, yet a flood
+# of them cannot hold up the connections already being served for long.
+ACCEPT_BATCH = 128
 PAUSE_SECONDS = 0.5
 LOG_SECONDS = 10.0
 # accept() errors that say "not now" rather than "never": pause and try again.
