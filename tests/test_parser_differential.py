@@ -1224,6 +1224,15 @@ def test_rejected_request_is_not_reported(raw):
     assert outcome.final[0] == "error" and outcome.requests == (), outcome
 
 
+@pytest.mark.parametrize("parser", ["python", "httptools", "h11"])
+def test_http2_preface_is_505_on_every_back_end(parser):
+    """HTTP/2's connection preface reaching an HTTP/1.1 parser (--no-http2, or over
+    TLS without ALPN h2) is a version this server does not speak here: 505."""
+    make = {"python": python_parser, "httptools": httptools_parser, "h11": lambda: H11Parser}
+    outcome = run(make[parser](), [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])
+    assert outcome.final == ("error", 505), outcome
+
+
 def test_edge_case_values():
     """What the accepted edge cases pass on."""
     parser = python_parser()

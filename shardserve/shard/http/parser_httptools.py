@@ -18,6 +18,8 @@ from .parser import INTERNED_METHODS, Limits, ParseError, RequestSink, check_ver
 
 _HttpParserCallbackError = httptools.HttpParserCallbackError
 _HttpParserError = httptools.HttpParserError
+# llhttp's error for HTTP/2's connection preface ("PRI * HTTP/2.0").
+_H2_PREFACE = "Pause on PRI/Upgrade"
 _HttpParserUpgrade = httptools.HttpParserUpgrade
 
 
@@ -81,6 +83,8 @@ class HttptoolsParser:
         except _HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
         except _HttpParserError as exc:
+            if str(exc) == _H2_PREFACE:  # (HTTP/2 off, or not in cleartext: as elsewhere)
+                raise ParseError(505, "HTTP/2 is not served here") from None
             raise ParseError(400, str(exc) or "malformed request") from None
         # Upgrade and CONNECT stop llhttp after the head.  The sink switches protocols
         # (WebSocket) or the request is served as plain HTTP and parsing goes on afresh.
