@@ -135,8 +135,8 @@ class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
         self.feed(data)
 
     def feed(self, data: bytes) -> None:
-        """What arrived, counted already (an HttpConnection that switched to HTTP/2
-        passes its input on here: see ``HttpConnection.switch_to_http2``)."""
+        """What arrived, counted already (also the preface and what came with it,
+        from ``HttpConnection.switch_to_http2``)."""
         self.feeding = True
         try:
             events = self.h2.receive_data(data)

@@ -40,19 +40,12 @@ class Http2:
         return PrefaceSniffer(conn, parser)
 
     def take_over(self, state: ShardState, transport, scheme: str) -> H2Connection:
-        """Hand the transport to a new H2Connection (TLS, from ``connection_made``)."""
-        connection = self.successor(state, transport, scheme)
-        transport.set_protocol(connection)
-        return connection
-
-    def successor(self, state: ShardState, transport, scheme: str) -> H2Connection:
-        """A new H2Connection on ``transport`` that its old protocol passes input
-        on to.  (In cleartext the switch happens inside ``data_received``, where
-        uvloop's ``set_protocol`` stops and restarts reading: that stalled
-        connections for up to 2 s under load.)"""
+        """Hand the transport to a new H2Connection: over TLS from ``connection_made``,
+        in cleartext from ``data_received`` (the preface), as a WebSocket upgrade does."""
         from .connection import H2Connection  # (h2 loads with the first one)
 
         connection = H2Connection(state, self, scheme)
+        transport.set_protocol(connection)
         connection.connection_made(transport)
         return connection
 

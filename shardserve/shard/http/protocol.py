@@ -87,7 +87,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         "close_starter",
         "ready",
         "feeding",
-        "successor",
     )
 
     def __init__(self, state: ShardState, scheme: str = "http") -> None:
@@ -113,7 +112,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.start, self.close_starter = eager_starter(self.loop)
         self.ready: RequestCycle | None = None  # parsed, to be started once feeding ends
         self.feeding = False
-        self.successor = None  # the H2Connection this one switched to, if any
 
     # asyncio.Protocol ----------------------------------------------------------
 
@@ -162,8 +160,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.feeding = False
 
     def eof_received(self) -> bool | None:
-        if self.successor is not None:
-            return self.successor.eof_received()
         # A client that half-closes after its request still gets the answer (not on TLS,
         # which cannot half-close); mid-request, or when idle, the connection ends.
         if self.closed or self.cycle is None or self.parsing is not None:
@@ -174,9 +170,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.successor is not None:
-            self.successor.connection_lost(exc)
-            return
         self.closed = True
         self.timer = NO_TIMER
         self.state.connections.discard(self)
@@ -189,14 +182,6 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.wake_writer()
 
     # (pause_writing, resume_writing and wait_writable: WriteFlow)
-
-    def writing_paused(self) -> None:
-        if self.successor is not None:
-            self.successor.pause_writing()
-
-    def writing_resumed(self) -> None:
-        if self.successor is not None:
-            self.successor.resume_writing()
 
     # Parser callbacks ------------------------------------------------------------
 
@@ -410,13 +395,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.closed = True  # (as far as this object is concerned)
         self.timer = NO_TIMER
         self.close_starter()
-        # This object stays the transport's protocol and passes everything on (see
-        # Http2.successor): its input, through the parser slot, from now on.
-        successor = self.successor = self.state.http2.successor(
-            self.state, self.transport, self.scheme
-        )
-        self.parser = successor
-        successor.feed(data)
+        self.state.http2.take_over(self.state, self.transport, self.scheme).feed(data)
 
     def on_upgrade(self, rest: bytes) -> bool:
         """The parser saw a request asking to switch protocols (after its head and
