@@ -94,6 +94,7 @@ def _say(text: str) -> None:
 
 
 def _live(type_name: str, module: str) -> list:
+    gc.unfreeze()  # (a shard freezes what it holds once started: get_objects skips that)
     return [
         o
         for o in gc.get_objects()
