@@ -178,3 +178,30 @@ def test_encoder_indexes_common_statuses_in_one_byte() -> None:
     assert encoder.encode([(b":status", b"200")]) == b"\x88"
     assert encoder.encode([(b":status", b"404")]) == b"\x8d"
     assert encoder.encode([(b":status", b"418")]) == b"\x08\x03418"
+
+
+def test_decoder_repeated_block_follows_the_dynamic_table() -> None:
+    """A repeated block may be answered from the last decode only while the table it
+    refers to is unchanged."""
+    lean, reference = LeanDecoder(), Decoder()
+
+    def insert(name: bytes, value: bytes) -> bytes:  # literal with incremental indexing
+        return b"\x40" + bytes((len(name),)) + name + bytes((len(value),)) + value
+
+    newest = b"\xbe"  # indexed field 62: the newest dynamic entry
+    steps = [
+        (insert(b"x-a", b"1"), [(b"x-a", b"1")]),
+        (newest, [(b"x-a", b"1")]),
+        (newest, [(b"x-a", b"1")]),  # (from the last decode)
+        (insert(b"x-b", b"2"), [(b"x-b", b"2")]),
+        (newest, [(b"x-b", b"2")]),  # same bytes, another table: decoded afresh
+        (b"\x3f\xe1\x1f" + newest, [(b"x-b", b"2")]),  # size update to 4096: no eviction
+    ]
+    for block, expected in steps:
+        mine, theirs = decode_both(lean, reference, block)
+        assert mine == theirs == expected, block
+    # A resize that empties the table: the cached answer must not come back.
+    for decoder in (lean, reference):
+        decoder.decode(b"\x20", raw=True)
+    for outcome in decode_both(lean, reference, newest):
+        assert issubclass(outcome, InvalidTableIndexError), outcome

@@ -30,6 +30,8 @@ STATIC_LENGTH = len(STATIC)
 # An integer longer than this many bits is refused: no real header needs it, and an
 # unbounded one costs quadratic time to build.
 INTEGER_SHIFT_MAX = 28
+# A header block up to this long is kept for the next one to be compared with.
+CACHED_BLOCK_BYTES = 1024
 
 # Encoder ----------------------------------------------------------------------------
 
@@ -152,7 +154,16 @@ def _read_string(data: bytes, position: int) -> tuple[bytes, int]:
 
 class LeanDecoder(Decoder):
     """hpack's Decoder (its table, limits and attributes, which h2 sets), with one
-    loop for ``decode(raw=True)``, the only way h2 calls it."""
+    loop for ``decode(raw=True)``, the only way h2 calls it.
+
+    A client repeating a request (the same header block, all of it from the tables)
+    gets the last answer again, if the block changed nothing and the dynamic table is
+    as it was: the same newest entry, count and size limit (any insertion, eviction or
+    resize changes one of them), and the same header list limit."""
+
+    last_block = b""
+    last_headers: list = []
+    last_table: tuple = (None, -1, -1, -1)  # (matches no table)
 
     def decode(self, data, raw: bool = False):
         if not raw:
@@ -161,6 +172,16 @@ class LeanDecoder(Decoder):
             data = bytes(data)
         table = self.header_table
         dynamic = table.dynamic_entries
+        if data == self.last_block:
+            newest, count, size, limit = self.last_table
+            if (
+                (dynamic[0] if dynamic else None) is newest
+                and len(dynamic) == count
+                and table.maxsize == size
+                and self.max_header_list_size == limit
+            ):
+                return list(self.last_headers)
+        changed = False
         limit = self.max_header_list_size
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
@@ -189,6 +210,7 @@ class LeanDecoder(Decoder):
                 header = (name, value)
                 if indexing:
                     table.add(name, value)
+                    changed = True
             else:  # dynamic table size update
                 if headers:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -198,6 +220,7 @@ class LeanDecoder(Decoder):
                 if size > self.max_allowed_table_size:
                     raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                 table.maxsize = size
+                changed = True
                 continue
             listed += len(header[0]) + len(header[1]) + 32
             if listed > limit:
@@ -206,6 +229,16 @@ class LeanDecoder(Decoder):
                 )
             append(header)
         self._assert_valid_table_size()
+        if not changed and end <= CACHED_BLOCK_BYTES:
+            self.last_block = data
+            self.last_headers = headers
+            self.last_table = (
+                dynamic[0] if dynamic else None,
+                len(dynamic),
+                table.maxsize,
+                limit,
+            )
+            return list(headers)
         return headers
 
 
