@@ -160,7 +160,7 @@ def parse_h2load(out: str, protocol: str) -> LoadResult:
         out,
     )
     if not finished or not counts:
-        raise LoadError(f"h2load gave no result: {out.strip().splitlines()[-1:]}")
+        raise LoadError(f"h2load gave no result: {out.strip().splitlines()[-20:]}")
     started, done, succeeded, failed, _, timeouts = map(int, counts.groups())
     spoken = set(re.findall(r"^Application protocol: (\S+)", out, re.M))
     if spoken and spoken != {protocol}:  # (e.g. an https server without h2 in its ALPN)
