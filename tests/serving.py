@@ -29,7 +29,9 @@ BACKENDS = ["httptools", "python", "h11"]
 class Server:
     """A shardserve process started by a test, with its merged stdout/stderr captured."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], cwd: Path, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
@@ -39,6 +41,7 @@ class Server:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()

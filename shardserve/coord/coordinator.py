@@ -12,7 +12,9 @@ import logging
 import os
 
 from ..config import Config
+from ..errors import ListenError
 from ..shard.server import Shard
+from .activation import Activation, take_activation
 from .listeners import bind_listeners, describe
 from .placement import Placement, resolve_placement
 from .signals import StopSignals
@@ -24,9 +26,17 @@ class Coordinator:
     def __init__(self, config: Config, placement: Placement | None = None) -> None:
         self.config = config
         self.placement = placement
+        self.activation: Activation | None = None
 
     def run(self) -> int:
         config = self.config
+        activation = self.activation = take_activation()
+        if activation is not None:
+            if config.fd is not None or config.uds is not None:
+                raise ListenError(
+                    "--fd and --uds cannot be used with sockets passed by systemd (LISTEN_FDS)"
+                )
+            logger.info("Serving %s.", activation.describe())
         if config.is_ssl:
             from ..shard.tls import create_ssl_context
 
@@ -49,13 +59,13 @@ class Coordinator:
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor
 
-        return Supervisor(config, placement, reason).run()
+        return Supervisor(config, placement, reason, self.activation).run()
 
     def _run_in_process(self, cpus: tuple[int, ...] | None) -> int:
         config = self.config
         if cpus:
             os.sched_setaffinity(0, cpus)  # --cpus: before the shard starts any thread
-        sockets = bind_listeners(config, count=1)
+        sockets = bind_listeners(config, count=1, activation=self.activation)
         where = describe(sockets[0], config.is_ssl)
         shard = Shard(config, sockets, index=0, app=config.app)
 

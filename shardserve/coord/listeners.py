@@ -16,9 +16,19 @@ import stat
 
 from ..config import Config
 from ..errors import ListenError
+from .activation import Activation
 
 
-def bind_listeners(config: Config, count: int = 1) -> list[socket.socket]:
+def bind_listeners(
+    config: Config, count: int = 1, activation: Activation | None = None
+) -> list[socket.socket]:
+    """The listeners: passed by systemd (activation.py), --fd, --uds, or bound here
+    (``count`` members of one SO_REUSEPORT group)."""
+    if activation is not None:
+        sockets = list(activation.sockets)
+        if activation.reuseport:
+            sockets += [add_listener(sockets[0], config.backlog) for _ in range(count - 1)]
+        return sockets
     if config.fd is not None:
         return [_from_fd(config.fd)]
     if config.uds is not None:

@@ -43,6 +43,7 @@ from ..messages import (
     Stats,
     Stop,
 )
+from .activation import Activation
 from .handles import ShardHandle, Slot, Status
 from .launcher import Launcher
 from .listeners import add_listener, bind_listeners, describe
@@ -74,8 +75,15 @@ class Phase(enum.StrEnum):
 
 
 class Supervisor:
-    def __init__(self, config: Config, placement: Placement, reason: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        placement: Placement,
+        reason: str,
+        activation: Activation | None = None,
+    ) -> None:
         self.config = config
+        self.activation = activation  # sockets passed by systemd, if any
         self.placement = placement
         self.reason = reason
         self.phase = Phase.STARTING
@@ -140,17 +148,21 @@ class Supervisor:
     def _bind(self) -> None:
         config = self.config
         count = len(self.placement)
-        self.sockets = bind_listeners(config, count=1 if self._shared_listener else count)
+        shared = self._shared_listener
+        self.sockets = bind_listeners(config, 1 if shared else count, self.activation)
         if config.reuseport_steering == "cpu":
             attach_cpu_steering(self.sockets[0])
         for spec in self.placement.shards:
-            sock = self.sockets[0] if self._shared_listener else self.sockets[spec.index]
-            self.slots.append(Slot(spec.index, [sock], spec.cpus, spec.mode))
+            listeners = list(self.sockets) if shared else [self.sockets[spec.index]]
+            self.slots.append(Slot(spec.index, listeners, spec.cpus, spec.mode))
         self.where = describe(self.sockets[0], config.is_ssl)
 
     @property
     def _shared_listener(self) -> bool:
-        """--uds and --fd: one listener that every shard serves."""
+        """--uds, --fd, and sockets passed by systemd without SO_REUSEPORT: listeners
+        that every shard serves."""
+        if self.activation is not None:
+            return not self.activation.reuseport
         return self.config.uds is not None or self.config.fd is not None
 
     async def _prepare(self) -> None:
@@ -548,7 +560,7 @@ class Supervisor:
             cpus = (free[0],)
         heir = None
         if self._shared_listener:
-            sock = self.sockets[0]
+            sock = None
         elif index < len(self.sockets):
             # The listener of a shard removed earlier, which another shard adopted:
             # it is this index's again (steering maps group index i to shard i).
@@ -559,7 +571,8 @@ class Supervisor:
         else:
             sock = add_listener(self.sockets[0], self.config.backlog)
             self.sockets.append(sock)
-        slot = Slot(index, [sock], cpus, self.config.shard_mode)
+        listeners = list(self.sockets) if sock is None else [sock]
+        slot = Slot(index, listeners, cpus, self.config.shard_mode)
         self.slots.append(slot)
         shard = slot.current = await self._start(slot)
         if await _first(shard.ready, shard.exited) and shard.ready.result():
