@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -169,3 +170,91 @@ def test_variables_for_another_process_are_ignored_and_removed():
         assert unset_in_app(server.port)
     finally:
         assert server.stop() == 0, server.output
+
+
+# Readiness (Type=notify) --------------------------------------------------------------
+
+
+class NotifySocket:
+    """The datagram socket systemd would own: the messages shardserve sends to it."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+
+    def next(self, key: str, timeout: float = 15) -> dict[str, str]:
+        """The next message carrying ``key``, in order (others before it are kept)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, message in enumerate(self.messages):
+                if key in message:
+                    del self.messages[: i + 1]
+                    return message
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {key} within {timeout} s: {self.messages}"
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(4096).decode()
+            self.messages.append(dict(line.split("=", 1) for line in data.splitlines()))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_notify_ready_status_watchdog_reloading_stopping(tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    env = environment()
+    env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="1000000")  # (1 s: every 0.5 s)
+    server = Server([sys.executable, "-m", "shardserve", APP, "--port", "0"], env, ROOT)
+    try:
+        ready = notify.next("READY")
+        server.wait_ready()
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(server.pid), ready
+        assert ready["STATUS"].startswith("1 shard, "), ready
+        started = time.monotonic()
+        notify.next("WATCHDOG", timeout=5)
+        notify.next("WATCHDOG", timeout=5)
+        assert time.monotonic() - started < 3  # (two pings, half a second apart)
+        query = "&".join(f"name={name}" for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC"))
+        assert get(server.port, f"/env?{query}").json() == {
+            "NOTIFY_SOCKET": None,
+            "WATCHDOG_USEC": None,
+        }
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        server.signal(signal.SIGHUP)
+        reloading = notify.next("RELOADING")
+        assert int(reloading["MONOTONIC_USEC"]) >= before, reloading
+        assert notify.next("READY")["READY"] == "1"
+        server.wait_for("Rolling restart complete", 15)
+        assert get(server.port).text == "ok"
+        server.signal(signal.SIGINT)
+        assert notify.next("STOPPING")["STOPPING"] == "1"
+        assert server.wait_exit(15) == 0, server.output
+    finally:
+        server.stop()
+        notify.close()
+
+
+def test_notify_status_counts_requests(tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    env = environment()
+    env["NOTIFY_SOCKET"] = notify.path
+    server = Server(
+        [sys.executable, "-m", "shardserve", APP, "--port", "0", "--shards", "2"], env, ROOT
+    )
+    try:
+        assert notify.next("READY")["STATUS"].startswith("2 shards, ")
+        server.wait_ready()
+        deadline = time.monotonic() + 20
+        while True:  # requests until a STATUS shows them (refreshed every 5 s)
+            for _ in range(50):
+                get(server.port)
+            status = notify.next("STATUS", timeout=10)["STATUS"]
+            if not status.endswith(" 0 req/s"):
+                break
+            assert time.monotonic() < deadline, status
+        assert "WATCHDOG" not in str(notify.messages)  # (no WATCHDOG_USEC: none sent)
+    finally:
+        assert server.stop() == 0, server.output
+        notify.close()

@@ -16,6 +16,7 @@ from ..errors import ListenError
 from ..shard.server import Shard
 from .activation import Activation, take_activation
 from .listeners import bind_listeners, describe
+from .notify import Notifier
 from .placement import Placement, resolve_placement
 from .signals import StopSignals
 
@@ -27,10 +28,12 @@ class Coordinator:
         self.config = config
         self.placement = placement
         self.activation: Activation | None = None
+        self.notifier: Notifier | None = None
 
     def run(self) -> int:
         config = self.config
         activation = self.activation = take_activation()
+        self.notifier = Notifier.from_environment()
         if activation is not None:
             if config.fd is not None or config.uds is not None:
                 raise ListenError(
@@ -55,11 +58,12 @@ class Coordinator:
             and config.control_socket is None
             and not config.reload  # a reload replaces the shard: that is the supervisor's job
             and config.limit_max_rss is None  # so does --limit-max-rss: someone must start it
+            and self.notifier is None  # systemd's Type=notify: the supervisor tells it
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor
 
-        return Supervisor(config, placement, reason, self.activation).run()
+        return Supervisor(config, placement, reason, self.activation, self.notifier).run()
 
     def _run_in_process(self, cpus: tuple[int, ...] | None) -> int:
         config = self.config

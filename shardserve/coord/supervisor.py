@@ -47,6 +47,7 @@ from .activation import Activation
 from .handles import ShardHandle, Slot, Status
 from .launcher import Launcher
 from .listeners import add_listener, bind_listeners, describe
+from .notify import STATUS_SECONDS, Notifier
 from .placement import Placement
 from .policies import MIB, MemoryLimit
 from .services import Services
@@ -81,9 +82,11 @@ class Supervisor:
         placement: Placement,
         reason: str,
         activation: Activation | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.activation = activation  # sockets passed by systemd, if any
+        self.notifier = notifier  # $NOTIFY_SOCKET (Type=notify), if any
         self.placement = placement
         self.reason = reason
         self.phase = Phase.STARTING
@@ -132,6 +135,9 @@ class Supervisor:
             if self.phase is Phase.STARTING:
                 self.phase = Phase.RUNNING
                 self.tasks.spawn(self._watchdog(), "heartbeat watchdog")
+                if self.notifier is not None:
+                    self.notifier.ready(self._status())
+                    self.tasks.spawn(self._keep_notifying(), "systemd status and watchdog")
             await self._shutdown()
         finally:
             await self.tasks.close()
@@ -139,6 +145,8 @@ class Supervisor:
                 await self.services.close()
             self.launcher.close()
             self._close_listeners()
+            if self.notifier is not None:
+                self.notifier.close()
         if self.failure is not None:
             error = ShardFailed(self.failure)
             error.exit_code = self.failure_code
@@ -518,6 +526,38 @@ class Supervisor:
                     shard.status = Status.UNRESPONSIVE
                     shard.kill(f"no heartbeat for {limit:g} s")
 
+    def _stuck(self) -> bool:
+        """Whether a ready shard has sent no heartbeat for the heartbeat timeout."""
+        limit = self.config.timeout_shard_heartbeat
+        now = time.monotonic()
+        return any(
+            slot.current is not None
+            and slot.current.status in (Status.READY, Status.UNRESPONSIVE)
+            and now - slot.current.last_beat > limit
+            for slot in self.slots
+        )
+
+    def _status(self) -> str:
+        now = time.monotonic()
+        rps = sum(self.book.recent(slot.index, now)["rps"] or 0.0 for slot in self.slots)
+        count = len(self.slots)
+        return f"{count} shard{'s' if count != 1 else ''}, {rps:.0f} req/s"
+
+    async def _keep_notifying(self) -> None:
+        """STATUS= every few seconds; WATCHDOG=1 at half of systemd's interval, while
+        this loop runs and no shard is stuck (systemd restarts the service otherwise)."""
+        notifier = self.notifier
+        watchdog = notifier.watchdog_seconds
+        interval = min(STATUS_SECONDS, watchdog / 2) if watchdog else STATUS_SECONDS
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if watchdog and not self._stuck():
+                notifier.watchdog()
+            if time.monotonic() - last_status >= STATUS_SECONDS and not self.roll_lock.locked():
+                last_status = time.monotonic()
+                notifier.status(self._status())
+
     # Rolling restart and resizing ---------------------------------------------------------
 
     async def rolling_restart(self, together: bool = False, wait: bool = False) -> None:
@@ -532,21 +572,30 @@ class Supervisor:
                 return
             self.book.count_reload()
             logger.info("Rolling restart of %d shards.", len(self.slots))
-            if together:
-                slots = [slot for slot in self.slots if not slot.busy]
-                replaced = await asyncio.gather(*(self._replace(slot) for slot in slots))
-                if all(replaced):
-                    logger.info("Rolling restart complete.")
+            if self.notifier is not None:
+                self.notifier.reloading()
+            try:
+                await self._roll(together)
+            finally:
+                if self.notifier is not None and self.phase is Phase.RUNNING:
+                    self.notifier.ready(self._status())
+
+    async def _roll(self, together: bool) -> None:
+        if together:
+            slots = [slot for slot in self.slots if not slot.busy]
+            replaced = await asyncio.gather(*(self._replace(slot) for slot in slots))
+            if all(replaced):
+                logger.info("Rolling restart complete.")
+            return
+        for slot in list(self.slots):
+            if self.phase is Phase.STOPPING:
                 return
-            for slot in list(self.slots):
-                if self.phase is Phase.STOPPING:
-                    return
-                if slot not in self.slots or slot.busy:
-                    continue  # (removed, or restarting: its new shard loads the new code)
-                if not await self._replace(slot):
-                    logger.error("Rolling restart stopped at shard %d.", slot.index)
-                    return
-            logger.info("Rolling restart complete.")
+            if slot not in self.slots or slot.busy:
+                continue  # (removed, or restarting: its new shard loads the new code)
+            if not await self._replace(slot):
+                logger.error("Rolling restart stopped at shard %d.", slot.index)
+                return
+        logger.info("Rolling restart complete.")
 
     async def add_shard(self) -> None:
         index = len(self.slots)
@@ -605,6 +654,8 @@ class Supervisor:
     def _begin_stop(self, force: bool = False) -> None:
         if self.phase is not Phase.STOPPING:
             self.phase = Phase.STOPPING
+            if self.notifier is not None:
+                self.notifier.stopping()
             self.launcher.closing = True
             self.source_changed.set()  # (no longer waiting for a fix)
             for slot in self.slots:
