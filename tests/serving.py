@@ -22,6 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 READY = re.compile(r"shardserve running on (https?)(?:\+unix)?://(\S+?)(?::(\d+))? \(")
 
+# What systemd passes a service (socket activation, readiness): never inherited by a
+# server a test starts, unless the test sets them.
+SYSTEMD_VARIABLES = (
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
 # Parser back-ends every HTTP behaviour test runs against.
 BACKENDS = ["httptools", "python", "h11"]
 
@@ -156,6 +167,8 @@ class ServerFactory:
         if fd_limit is not None:
             argv = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *argv]
         full_env = dict(os.environ)
+        for name in SYSTEMD_VARIABLES:  # (a CI runner under systemd must not leak them)
+            full_env.pop(name, None)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), str(TESTS), full_env.get("PYTHONPATH", "")]
         )

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from serving import ROOT, TESTS, Server
+from serving import ROOT, SYSTEMD_VARIABLES, TESTS, Server
 
 APP = "apps.deploy:app"
 ACTIVATE = shutil.which("systemd-socket-activate")
@@ -27,7 +27,7 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
-    for name in VARIABLES:
+    for name in SYSTEMD_VARIABLES:
         env.pop(name, None)
     return env
 
