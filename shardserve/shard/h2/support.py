@@ -62,6 +62,11 @@ class PrefaceSniffer:
         self.parser = parser
         self.seen = b""
 
+    def release(self) -> None:
+        release = getattr(self.parser, "release", None)
+        if release is not None:
+            release()
+
     def feed(self, data: bytes) -> None:
         seen = self.seen + data if self.seen else bytes(data)
         if len(seen) < len(PREFACE) and PREFACE.startswith(seen):

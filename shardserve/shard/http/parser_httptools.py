@@ -60,6 +60,10 @@ class HttptoolsParser:
         self.on_body = sink.on_body
         self.parser = httptools.HttpRequestParser(self)
 
+    def release(self) -> None:
+        """The connection is gone: break llhttp's references back to this object."""
+        self.parser = None
+
     def feed(self, data: bytes) -> None:
         if self.in_head:
             # A head arriving in pieces: bound what llhttp may buffer for it.  What

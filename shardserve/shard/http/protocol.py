@@ -180,6 +180,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.ready = None
         self.close_starter()
         self.wake_writer()
+        # Nothing more arrives: drop the parser, so that the connection is freed as
+        # soon as its last reference goes, not by a full garbage collection.
+        release = getattr(self.parser, "release", None)
+        self.parser = _Discard
+        if release is not None:
+            release()
 
     # (pause_writing, resume_writing and wait_writable: WriteFlow)
 
