@@ -227,6 +227,26 @@ def test_upgrade_h2c_is_served_as_http11(serve):
     assert json.loads(response.body)["http_version"] == "1.1"
 
 
+def test_response_header_block_larger_than_a_frame_goes_in_continuations(serve):
+    """30 KB of response headers: HEADERS and CONTINUATION frames of at most the
+    client's frame size, read whole by h2 and by curl."""
+    server = serve(APP)
+    with H2Client.to(server) as c:
+        response = c.get("/big-headers?n=30")
+    assert response.status == 200 and response.body == b"big-headers", response
+    fillers = [name for name, _ in response.headers if name.startswith(b"x-filler-")]
+    assert len(fillers) == 30 and response.header("x-filler-29") == b"v" * 1000
+    done = subprocess.run(
+        ["curl", "-s", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge"]
+        + [server.url + "/big-headers?n=30"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("HTTP/2 200"), done
+    assert done.stdout.count("x-filler-") == 30, done.stdout[:300]
+
+
 @pytest.mark.parametrize("backend", H2_BACKENDS)
 def test_no_http2_answers_the_preface_505(serve, backend):
     server = serve(APP, "--http", backend, "--no-http2")

@@ -205,3 +205,19 @@ def test_decoder_repeated_block_follows_the_dynamic_table() -> None:
         decoder.decode(b"\x20", raw=True)
     for outcome in decode_both(lean, reference, newest):
         assert issubclass(outcome, InvalidTableIndexError), outcome
+
+
+def test_codec_caches_stay_bounded_whatever_a_client_sends() -> None:
+    """A client sending ever new Huffman strings, or an app ever new header names,
+    cannot grow the shard's caches past their bounds."""
+    from shardserve.shard.h2 import codec
+
+    encoder, decoder = Encoder(), LeanDecoder()
+    for i in range(3 * codec._HUFFMAN_CACHE_MAX):
+        block = encoder.encode([(b"x-n", b"value-%d" % i)], huffman=True)
+        decoder.decode(block, raw=True)
+        assert len(codec._HUFFMAN_CACHE) <= codec._HUFFMAN_CACHE_MAX
+    lean = LeanEncoder()
+    for i in range(2000):
+        lean.encode([(b"x-app-name-%d" % i, b"v")])
+    assert len(codec._NAME_PREFIXES) <= codec._NAME_PREFIXES_MAX

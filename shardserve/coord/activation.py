@@ -72,14 +72,21 @@ def take_activation(environ: MutableMapping[str, str] = os.environ) -> Activatio
     return Activation(sockets, labels[:count])
 
 
-def _listening_socket(fd: int) -> socket.socket:
+def stream_socket(fd: int, what: str) -> socket.socket:
+    """The stream socket on an inherited ``fd`` (``what`` names it in errors: --fd N,
+    or systemd's LISTEN_FDS)."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise ListenError(f"LISTEN_FDS: fd {fd} is not a socket ({exc.strerror})") from None
+        raise ListenError(f"{what}: not a usable socket ({exc.strerror})") from None
     if sock.type != socket.SOCK_STREAM:
-        raise ListenError(f"LISTEN_FDS: fd {fd} is not a stream socket")
+        raise ListenError(f"{what}: not a stream socket")
+    return sock
+
+
+def _listening_socket(fd: int) -> socket.socket:
+    sock = stream_socket(fd, f"LISTEN_FDS: fd {fd}")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        raise ListenError(f"LISTEN_FDS: fd {fd} is not listening")
+        raise ListenError(f"LISTEN_FDS: fd {fd}: not listening")
     sock.set_inheritable(False)  # (the shards get theirs from the launcher)
     return sock

@@ -16,7 +16,7 @@ import stat
 
 from ..config import Config
 from ..errors import ListenError
-from .activation import Activation
+from .activation import Activation, stream_socket
 
 
 def bind_listeners(
@@ -30,7 +30,7 @@ def bind_listeners(
             sockets += [add_listener(sockets[0], config.backlog) for _ in range(count - 1)]
         return sockets
     if config.fd is not None:
-        return [_from_fd(config.fd)]
+        return [stream_socket(config.fd, f"--fd {config.fd}")]
     if config.uds is not None:
         return [_bind_unix(config.uds, config.backlog)]
     return _bind_tcp_group(config.host, config.port, config.backlog, count)
@@ -58,16 +58,6 @@ def describe(sock: socket.socket, is_ssl: bool) -> str:
     if sock.family == socket.AF_INET6:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
-
-
-def _from_fd(fd: int) -> socket.socket:
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        raise ListenError(f"--fd {fd}: not a usable socket ({exc.strerror})") from None
-    if sock.type != socket.SOCK_STREAM:
-        raise ListenError(f"--fd {fd}: not a stream socket")
-    return sock
 
 
 def _bind_unix(path: str, backlog: int) -> socket.socket:

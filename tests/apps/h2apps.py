@@ -211,6 +211,12 @@ async def app(scope, receive, send):
         )
         return
 
+    if path == "/big-headers":  # a header block larger than one frame
+        count = int(query.get("n", "30"))
+        headers = [(b"x-filler-%d" % i, b"v" * 1000) for i in range(count)]
+        await _answer(send, b"big-headers", headers=headers)
+        return
+
     if path == "/status":
         code = int(query.get("code", "204"))
         await send({"type": "http.response.start", "status": code, "headers": []})

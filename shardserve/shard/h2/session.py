@@ -83,22 +83,17 @@ class _ServerConnection(h2.connection.H2Connection):
         if end_stream:
             machine.process_input(SEND_END_STREAM)
         block = self.encoder.encode(headers)
-        size = len(block)
         limit = self.max_outbound_frame_size
-        if size <= limit:
+        if len(block) <= limit:
             flags = END_HEADERS | END_STREAM if end_stream else END_HEADERS
-            self._data_to_send += FRAME_HEAD.pack(size >> 8, size & 0xFF, HEADERS, flags, stream_id)
-            self._data_to_send += block
+            self._write_frame(HEADERS, flags, stream_id, block)
             return
-        out = self._data_to_send
-        for start in range(0, size, limit):
-            chunk = block[start : start + limit]
-            kind = CONTINUATION if start else HEADERS
+        for start in range(0, len(block), limit):  # HEADERS, then CONTINUATIONs
             flags = END_STREAM if end_stream and not start else 0
-            if start + limit >= size:
+            if start + limit >= len(block):
                 flags |= END_HEADERS
-            out += FRAME_HEAD.pack(len(chunk) >> 8, len(chunk) & 0xFF, kind, flags, stream_id)
-            out += chunk
+            kind = CONTINUATION if start else HEADERS
+            self._write_frame(kind, flags, stream_id, block[start : start + limit])
 
     def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """DATA the caller has fitted to the windows and the frame size (output.py)."""
@@ -108,12 +103,14 @@ class _ServerConnection(h2.connection.H2Connection):
         machine.process_input(SEND_DATA)
         if end_stream:
             machine.process_input(SEND_END_STREAM)
-        size = len(data)
-        stream.outbound_flow_control_window -= size
-        self.outbound_flow_control_window -= size
-        flags = END_STREAM if end_stream else 0
-        self._data_to_send += FRAME_HEAD.pack(size >> 8, size & 0xFF, DATA, flags, stream_id)
-        self._data_to_send += data
+        stream.outbound_flow_control_window -= len(data)
+        self.outbound_flow_control_window -= len(data)
+        self._write_frame(DATA, END_STREAM if end_stream else 0, stream_id, data)
+
+    def _write_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        size = len(payload)
+        self._data_to_send += FRAME_HEAD.pack(size >> 8, size & 0xFF, kind, flags, stream_id)
+        self._data_to_send += payload
 
 
 def new_h2(settings: Http2) -> h2.connection.H2Connection:
