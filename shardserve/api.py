@@ -7,6 +7,7 @@ from typing import Any
 from .config import Config, ConfigError, shards_from_environment
 from .coord.coordinator import Coordinator
 from .coord.placement import Placement
+from .coord.upgrade import remember_startup
 from .envfile import load_env_file
 from .logs import configure_logging
 
@@ -33,6 +34,7 @@ def run(app: Any, placement: Placement | None = None, **options: Any) -> int:
 
 
 def serve(config: Config, placement: Placement | None = None) -> int:
+    remember_startup()  # (before --env-file: an in-place upgrade reads it again)
     config.validate()
     if config.env_file:
         try:

@@ -124,7 +124,7 @@ click.version_option(__version__, "--version", prog_name="shardserve")(command)
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("status", "reload", "stop"):  # an APP always has a ':'
+    if args and args[0] in ("status", "reload", "stop", "upgrade"):  # an APP has a ':'
         from .control_client import main as control_main
 
         sys.exit(control_main(args))

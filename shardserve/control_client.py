@@ -1,8 +1,11 @@
-"""`shardserve status | reload | stop`: talk to a running coordinator's control socket.
+"""`shardserve status | reload | stop | upgrade`: talk to a running coordinator's control socket.
 
     shardserve status [--control-socket PATH] [--json] [--watch [SECONDS]]
     shardserve reload [--control-socket PATH]
     shardserve stop [--control-socket PATH]
+    shardserve upgrade [--control-socket PATH]
+
+`upgrade` waits until the new coordinator serves (or has failed: exit status 1).
 
 Without --control-socket, the one live socket under the runtime directory is used
 (coord/control_socket.py says where coordinators create them), once that directory
@@ -19,6 +22,7 @@ import sys
 import time
 
 from .coord.control_socket import UnsafePath, check_own_socket, check_private_directory, runtime_dir
+from .coord.upgrade import EXIT_TIMEOUT, READY_TIMEOUT
 from .counters import COUNTS, ERRORS, ROW
 
 
@@ -63,7 +67,8 @@ def _alive(path: str) -> bool:
 
 def request(path: str, command: str) -> dict:
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
+        # (an upgrade is answered once the new coordinator is ready, or has given up)
+        sock.settimeout(READY_TIMEOUT + 2 * EXIT_TIMEOUT + 10 if command == "upgrade" else 10)
         try:
             sock.connect(path)
             sock.sendall(json.dumps({"command": command}).encode() + b"\n")

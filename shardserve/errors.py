@@ -25,3 +25,8 @@ class LifespanFailure(StartupError):
     """The app reported (or raised during) lifespan startup failure."""
 
     exit_code = 3
+
+
+class CommandFailed(Exception):
+    """A control-socket command that could not be done: its one line goes back to the
+    client (and into the log), without a traceback."""

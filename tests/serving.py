@@ -61,6 +61,7 @@ class Server:
         self.scheme = "http"
         self.host = "127.0.0.1"
         self.port = 0
+        self.successors: list[int] = []  # coordinators that in-place upgrades started
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -123,8 +124,15 @@ class Server:
         self._reader.join(5)
         return code
 
+    def follow(self, pid: int) -> None:
+        """An in-place upgrade replaced the coordinator with ``pid`` (not our child, but
+        in our process group): stop() stops it too."""
+        self.successors.append(pid)
+
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGINT, then SIGKILL if it does not exit in time; returns the exit code."""
+        """SIGINT, then SIGKILL if it does not exit in time; returns the exit code.
+        Coordinators that upgrades started (``follow``) are stopped the same way, and
+        whatever is left in the process group is killed."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -133,6 +141,16 @@ class Server:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        for pid in self.successors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+            if not wait_gone(pid, timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_gone(pid, 5)
+        if self.successors:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # (nothing should be left)
         self._reader.join(5)
         return self.proc.returncode
 
@@ -141,6 +159,24 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie counts: not our child, nobody may reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class ServerFactory:

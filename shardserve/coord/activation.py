@@ -27,12 +27,23 @@ VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 @dataclass
 class Activation:
+    """Listening sockets this process was given rather than bound: by systemd, or by
+    the coordinator it replaces (an in-place upgrade, handover.py)."""
+
     sockets: list[socket.socket]
     names: list[str]
+    group: bool | None = None  # (a handover says; for systemd's, ``reuseport`` finds out)
+
+    @property
+    def by_systemd(self) -> bool:
+        return self.group is None
 
     @property
     def reuseport(self) -> bool:
-        """One TCP socket, with SO_REUSEPORT on: shards join its group."""
+        """The sockets are an SO_REUSEPORT group shards take one each of, joined by
+        shards beyond its size: one TCP socket with SO_REUSEPORT on, from systemd."""
+        if self.group is not None:
+            return self.group
         if len(self.sockets) != 1:
             return False
         sock = self.sockets[0]

@@ -1,9 +1,11 @@
-"""The coordinator's control socket: `shardserve status`, `reload` and `stop` talk here.
+"""The coordinator's control socket: `shardserve status`, `reload`, `stop` and `upgrade`
+talk here.
 
 A Unix socket created mode 0600 (only its owner may read stats or trigger a reload),
 by default ``$XDG_RUNTIME_DIR/shardserve/<coordinator pid>.sock`` (or under
 ``/tmp/shardserve-<uid>/`` without a runtime directory).  One JSON object per line each
-way: ``{"command": "status" | "reload" | "stop"}`` in, a JSON reply out.  A malformed
+way: ``{"command": "status" | "reload" | "stop" | "upgrade"}`` in, a JSON reply out
+(``upgrade``'s once the new coordinator is ready, or has failed).  A malformed
 or oversized command gets ``{"error": ...}`` and the connection closes; serving goes on.
 
 The default directory is used only if it is private (``check_private_directory``: a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..counters import COUNTS, ERRORS
+from ..errors import CommandFailed
 from ..procfs import rss_bytes
 
 if TYPE_CHECKING:
@@ -144,11 +148,20 @@ def _process_exists(pid: int) -> bool:
 
 
 class ControlSocket:
-    def __init__(self, path: str | None, handlers: dict[str, Callable[[], Any]]) -> None:
+    def __init__(
+        self, path: str | None, handlers: dict[str, Callable[[], Any]], deferred: bool = False
+    ) -> None:
         self.default = not path
         self.path = Path(path) if path else default_path()
+        # An in-place upgrade's new coordinator listens beside the old one's socket and
+        # takes its path (``claim``) only once it serves: if it fails, the old one's
+        # socket is still there.
+        self.bound = self.path
+        if deferred and not self.default:
+            self.bound = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         self.handlers = handlers
         self.server: asyncio.AbstractServer | None = None
+        self.inode = 0
 
     async def start(self) -> None:
         """Listen; OSError (UnsafePath for an unsafe default directory) if it cannot."""
@@ -159,14 +172,22 @@ class ControlSocket:
         else:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket from a server that died
+            self.bound.unlink()  # a stale socket from a server that died
         old = os.umask(0o177)  # created 0600: no window where others could connect
         try:
-            self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+            self.server = await asyncio.start_unix_server(self._serve, str(self.bound))
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
-        logger.info("Control socket: %s", self.path)
+        os.chmod(self.bound, 0o600)
+        self.inode = os.lstat(self.bound).st_ino
+        later = " (once this coordinator serves)" if self.bound != self.path else ""
+        logger.info("Control socket: %s%s", self.path, later)
+
+    def claim(self) -> None:
+        """Take the path over from the coordinator we replace (atomically)."""
+        if self.server is not None and self.bound != self.path:
+            os.rename(self.bound, self.path)
+            self.bound = self.path
 
     async def close(self) -> None:
         if self.server is None:
@@ -175,7 +196,8 @@ class ControlSocket:
         with contextlib.suppress(Exception):
             await self.server.wait_closed()
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            if os.lstat(self.bound).st_ino == self.inode:  # (not a successor's, same path)
+                self.bound.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -192,7 +214,7 @@ class ControlSocket:
                 if len(line) > MAX_COMMAND:
                     await self._reply(writer, {"error": "command too long"})
                     return
-                reply = self._answer(line)
+                reply = await self._answer(line)
                 await self._reply(writer, reply)
                 if "error" in reply:
                     return
@@ -201,7 +223,7 @@ class ControlSocket:
         finally:
             writer.close()
 
-    def _answer(self, line: bytes) -> dict:
+    async def _answer(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
@@ -212,7 +234,12 @@ class ControlSocket:
         if handler is None:
             return {"error": f"unknown command {request['command']!r}"}
         try:
-            return {"ok": True, "result": handler()}
+            result = handler()
+            if inspect.isawaitable(result):  # (upgrade: answered once it is done)
+                result = await result
+            return {"ok": True, "result": result}
+        except CommandFailed as exc:
+            return {"error": f"{request['command']} failed: {exc}"}
         except Exception as exc:  # noqa: BLE001 - reported to the client, not fatal here
             logger.exception("Control command %r failed", request["command"])
             return {"error": f"{request['command']} failed: {exc}"}

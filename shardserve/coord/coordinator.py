@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 
 from ..config import Config
 from ..errors import ListenError
 from ..shard.server import Shard
 from .activation import Activation, take_activation
+from .handover import Handover, take_handover
 from .listeners import bind_listeners, describe
 from .notify import Notifier
 from .placement import Placement, resolve_placement
@@ -29,12 +31,17 @@ class Coordinator:
         self.placement = placement
         self.activation: Activation | None = None
         self.notifier: Notifier | None = None
+        self.handover: Handover | None = None
 
     def run(self) -> int:
         config = self.config
+        handover = self.handover = take_handover()
         activation = self.activation = take_activation()
         self.notifier = Notifier.from_environment()
-        if activation is not None:
+        if handover is not None:
+            activation = self.activation = handover.activation
+            logger.info("%s", handover.describe())
+        elif activation is not None:
             if config.fd is not None or config.uds is not None:
                 raise ListenError(
                     "--fd and --uds cannot be used with sockets passed by systemd (LISTEN_FDS)"
@@ -59,11 +66,15 @@ class Coordinator:
             and not config.reload  # a reload replaces the shard: that is the supervisor's job
             and config.limit_max_rss is None  # so does --limit-max-rss: someone must start it
             and self.notifier is None  # systemd's Type=notify: the supervisor tells it
+            and handover is None  # (our predecessor had a supervisor: so do we)
         ):
             return self._run_in_process(placement.shards[0].cpus)
         from .supervisor import Supervisor
 
-        return Supervisor(config, placement, reason, self.activation, self.notifier).run()
+        supervisor = Supervisor(
+            config, placement, reason, self.activation, self.notifier, self.handover
+        )
+        return supervisor.run()
 
     def _run_in_process(self, cpus: tuple[int, ...] | None) -> int:
         config = self.config
@@ -91,6 +102,14 @@ class Coordinator:
 
     def _install_signal_handlers(self, loop, shard: Shard) -> None:
         StopSignals(shard.request_stop, shard.force_stop).install(loop)
+        loop.add_signal_handler(signal.SIGUSR2, _no_upgrade_here)
+
+
+def _no_upgrade_here() -> None:
+    logger.warning(
+        "SIGUSR2 ignored: an in-place upgrade needs the supervisor (run with --shards 2 "
+        "or more, --control-socket, or under systemd's Type=notify)."
+    )
 
 
 def _check_tls(config: Config, create_ssl_context) -> None:

@@ -22,12 +22,14 @@ from .activation import Activation, stream_socket
 def bind_listeners(
     config: Config, count: int = 1, activation: Activation | None = None
 ) -> list[socket.socket]:
-    """The listeners: passed by systemd (activation.py), --fd, --uds, or bound here
-    (``count`` members of one SO_REUSEPORT group)."""
+    """The listeners: passed by systemd or the coordinator we replace (activation.py),
+    --fd, --uds, or bound here (``count`` members of one SO_REUSEPORT group; an
+    inherited group may have more)."""
     if activation is not None:
         sockets = list(activation.sockets)
         if activation.reuseport:
-            sockets += [add_listener(sockets[0], config.backlog) for _ in range(count - 1)]
+            more = count - len(sockets)
+            sockets += [add_listener(sockets[0], config.backlog) for _ in range(more)]
         return sockets
     if config.fd is not None:
         return [stream_socket(config.fd, f"--fd {config.fd}")]

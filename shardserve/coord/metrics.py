@@ -59,6 +59,7 @@ class MetricsCollector:
     def __init__(self, book: Any, shard_count: Callable[[], int]) -> None:
         self.book = book
         self.shard_count = shard_count
+        self.started = time.time()
 
     def collect(self):
         from prometheus_client.core import (
@@ -124,6 +125,12 @@ class MetricsCollector:
             sum_value=total["latency_sum"],
         )
 
+        yield GaugeMetricFamily(
+            "shardserve_start_time_seconds",
+            "when this coordinator started, in Unix time: every counter starts from zero "
+            "then (after an in-place upgrade as after a restart)",
+            value=self.started,
+        )
         yield from self._shard_details(GaugeMetricFamily)
 
         restarts = CounterMetricFamily(
@@ -205,22 +212,31 @@ class MetricsServer:
         self.registry.register(collector)
         self.healthy = healthy
         self.ready = ready
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self.collector = collector
         self._exposition = b""
         self._made_from: tuple | None = None  # (book version, shard count) it shows
         self._made_at = 0.0
 
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
-        where = self.server.sockets[0].getsockname()
+    async def start(self, inherited: list | None = None) -> None:
+        """Listen on HOST:PORT, or on the listeners of the coordinator we replace."""
+        if inherited:
+            self.servers = [await asyncio.start_server(self._serve, sock=s) for s in inherited]
+        else:
+            self.servers = [await asyncio.start_server(self._serve, self.host, self.port)]
+        where = self.servers[0].sockets[0].getsockname()
         logger.info("Metrics and health on http://%s:%d/metrics", where[0], where[1])
 
+    @property
+    def sockets(self) -> list:
+        return [sock for server in self.servers for sock in server.sockets]
+
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
             with contextlib.suppress(Exception):
-                await self.server.wait_closed()
+                await server.wait_closed()
+        self.servers = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

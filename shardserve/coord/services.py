@@ -1,6 +1,7 @@
-"""The coordinator's own endpoints beside the shards: --metrics, the control socket,
-and --reload's source watcher.  They read the supervisor's typed snapshot
-(snapshot.py) and the stats book, and call back only through the commands given.
+"""The coordinator's own endpoints beside the shards: --metrics, the control socket
+(status, reload, stop, upgrade), and --reload's source watcher.  They read the
+supervisor's typed snapshot (snapshot.py) and the stats book, and call back only
+through the commands given.
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ class Services:
         view: Callable[[], ServerView],
         reload: Callable[[], Any],
         stop: Callable[[], Any],
+        upgrade: Callable[[], Awaitable[dict]],
         on_source_change: Callable[[], Awaitable[None]],
     ) -> None:
         self.config = config
         self.book = book
         self.view = view
-        self.commands = {"status": self._status, "reload": reload, "stop": stop}
+        self.commands = {"status": self._status, "reload": reload, "stop": stop, "upgrade": upgrade}
         self.on_source_change = on_source_change
         self.metrics: MetricsServer | None = None
         self.control: ControlSocket | None = None
         self.reloader: Reloader | None = None
 
-    async def start(self) -> None:
+    async def start(self, inherited_metrics: list | None = None, upgrading: bool = False) -> None:
+        """Start what the config asks for (``upgrading``: for the coordinator that
+        replaces another, on the metrics listeners it handed over, and with the
+        control socket's path taken only once it serves: ``claim``)."""
         config = self.config
         if config.metrics is not None:
             view = self.view
@@ -50,11 +55,11 @@ class Services:
                 ready=lambda: view().serving,
             )
             try:
-                await metrics.start()
+                await metrics.start(inherited_metrics)
             except OSError as exc:
                 raise ListenError(f"--metrics {config.metrics}: {exc.strerror or exc}") from None
             self.metrics = metrics
-        control = ControlSocket(config.control_socket, self.commands)
+        control = ControlSocket(config.control_socket, self.commands, deferred=upgrading)
         try:
             await control.start()
         except OSError as exc:
@@ -66,6 +71,25 @@ class Services:
         if config.reload:
             self.reloader = Reloader(config, self.on_source_change)
             self.reloader.start()
+
+    def claim(self) -> None:
+        """This coordinator serves: its control socket takes its predecessor's path."""
+        if self.control is not None:
+            try:
+                self.control.claim()
+            except OSError as exc:
+                logger.warning("Control socket %s: %s", self.control.path, exc)
+
+    @property
+    def metrics_sockets(self) -> list:
+        """For the coordinator that replaces us (an in-place upgrade)."""
+        return self.metrics.sockets if self.metrics is not None else []
+
+    async def close_metrics(self) -> None:
+        """Handed over: only the new coordinator answers scrapes (its shards' figures)."""
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
 
     def _status(self) -> dict:
         return status_report(self.view(), self.book)

@@ -9,8 +9,9 @@ its successor, started on the same socket.
 Where shards are restarted: ``_on_exit`` (crashes, after the slot's RestartPolicy
 back-off; heartbeat-watchdog kills are crashes) and ``_replace`` (a successor first,
 then the old one drains: rolling restarts, --limit-max-requests, --limit-max-rss).
-Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard; --reload rolls
-on a source change.  Every background task is owned by ``self.tasks``.
+Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard, USR2 upgrades
+the coordinator itself (upgrade.py); --reload rolls on a source change.  Every
+background task is owned by ``self.tasks``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ from ..messages import (
 )
 from .activation import Activation
 from .handles import ShardHandle, Slot, Status
+from .handover import Handover
 from .launcher import Launcher
 from .listeners import add_listener, bind_listeners, describe
-from .notify import STATUS_SECONDS, Notifier
+from .notify import Notifier, keep_notifying
 from .placement import Placement
 from .policies import MIB, MemoryLimit
 from .services import Services
@@ -56,6 +58,7 @@ from .snapshot import ServerView, ShardView
 from .stats import StatsBook
 from .steering import attach_cpu_steering
 from .tasks import TaskSet
+from .upgrade import Upgrade, UpgradeFailed
 
 logger = logging.getLogger("shardserve.error")
 
@@ -83,10 +86,14 @@ class Supervisor:
         reason: str,
         activation: Activation | None = None,
         notifier: Notifier | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.config = config
-        self.activation = activation  # sockets passed by systemd, if any
+        self.activation = activation  # sockets passed by systemd or handed over, if any
         self.notifier = notifier  # $NOTIFY_SOCKET (Type=notify), if any
+        self.handover = handover  # from the coordinator we replace (an in-place upgrade)
+        self.upgrading: Upgrade | None = None  # our own replacement, while it starts
+        self.handed_over = False  # it has: we drain and exit
         self.placement = placement
         self.reason = reason
         self.phase = Phase.STARTING
@@ -126,18 +133,26 @@ class Supervisor:
                 self.view,
                 self._reload_command,
                 self._stop_command,
+                self._upgrade_command,
                 self._on_source_change,
             )
-            await self.services.start()
+            await self.services.start(self._inherited_metrics(), self.handover is not None)
             while self.phase is Phase.STARTING and await self._start_all():
                 await self.source_changed.wait()  # (--reload: after a fix, or a stop)
                 self.source_changed.clear()
             if self.phase is Phase.STARTING:
                 self.phase = Phase.RUNNING
                 self.tasks.spawn(self._watchdog(), "heartbeat watchdog")
-                if self.notifier is not None:
+                if self.handover is not None:
+                    self.services.claim()
+                    self.handover.announce_ready()  # (the old coordinator tells systemd)
+                elif self.notifier is not None:
                     self.notifier.ready(self._status())
-                    self.tasks.spawn(self._keep_notifying(), "systemd status and watchdog")
+                if self.notifier is not None:
+                    notifying = keep_notifying(
+                        self.notifier, self._status, self._stuck, self.roll_lock.locked
+                    )
+                    self.tasks.spawn(notifying, "systemd status and watchdog")
             await self._shutdown()
         finally:
             await self.tasks.close()
@@ -147,6 +162,8 @@ class Supervisor:
             self._close_listeners()
             if self.notifier is not None:
                 self.notifier.close()
+            if self.handover is not None:
+                self.handover.close()
         if self.failure is not None:
             error = ShardFailed(self.failure)
             error.exit_code = self.failure_code
@@ -163,6 +180,11 @@ class Supervisor:
         for spec in self.placement.shards:
             listeners = list(self.sockets) if shared else [self.sockets[spec.index]]
             self.slots.append(Slot(spec.index, listeners, spec.cpus, spec.mode))
+        if not shared:
+            # A group handed over by a coordinator that had more shards: every socket
+            # stays served (closing one would reset the connections queued on it).
+            for sock in self.sockets[len(self.slots) :]:
+                min(self.slots, key=lambda slot: len(slot.listeners)).listeners.append(sock)
         self.where = describe(self.sockets[0], config.is_ssl)
 
     @property
@@ -215,8 +237,8 @@ class Supervisor:
                 task.cancel()
         if failed is not None:
             message = f"shard {failed.index} failed to start: {failed.error()}"
-            if not self.config.reload:
-                self._fail(message, failed)
+            if not self.config.reload or self.handover is not None:
+                self._fail(message, failed)  # (an upgrade fails: the old one serves on)
                 return False
             logger.error("%s", message)
             logger.info("Waiting for a change to the source to start again (--reload).")
@@ -279,6 +301,10 @@ class Supervisor:
         logger.info("Shutting down (requested on the control socket)")
         asyncio.get_running_loop().call_soon(self._begin_stop)
         return {"stopping": True}
+
+    async def _upgrade_command(self) -> dict:
+        pid = await self.upgrade()
+        return {"upgraded": True, "pid": pid, "previous_pid": os.getpid()}
 
     async def _on_source_change(self) -> None:
         """--reload, once the changed app imports: roll the shards onto it."""
@@ -543,21 +569,6 @@ class Supervisor:
         count = len(self.slots)
         return f"{count} shard{'s' if count != 1 else ''}, {rps:.0f} req/s"
 
-    async def _keep_notifying(self) -> None:
-        """STATUS= every few seconds; WATCHDOG=1 at half of systemd's interval, while
-        this loop runs and no shard is stuck (systemd restarts the service otherwise)."""
-        notifier = self.notifier
-        watchdog = notifier.watchdog_seconds
-        interval = min(STATUS_SECONDS, watchdog / 2) if watchdog else STATUS_SECONDS
-        last_status = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            if watchdog and not self._stuck():
-                notifier.watchdog()
-            if time.monotonic() - last_status >= STATUS_SECONDS and not self.roll_lock.locked():
-                last_status = time.monotonic()
-                notifier.status(self._status())
-
     # Rolling restart and resizing ---------------------------------------------------------
 
     async def rolling_restart(self, together: bool = False, wait: bool = False) -> None:
@@ -649,9 +660,71 @@ class Supervisor:
         if shard is not None:
             await self._drain(shard, close_idle=False)
 
+    # In-place upgrade -----------------------------------------------------------------------
+
+    async def upgrade(self) -> int:
+        """Replace this coordinator (upgrade.py): a new one from the same command line
+        takes the listeners over; once its shards are ready, ours drain and we exit.
+        Its pid, or UpgradeFailed (logged; we go on serving)."""
+        if self.upgrading is not None or self.phase is not Phase.RUNNING:
+            why = "an upgrade is already under way" if self.upgrading else f"it is {self.phase}"
+            logger.warning("Upgrade refused: %s.", why)
+            raise UpgradeFailed(why)
+        names = self.activation.names if self.activation is not None else []
+        metrics = self.services.metrics_sockets if self.services is not None else []
+        upgrade = Upgrade(self.sockets, not self._shared_listener, names, metrics)
+        self.upgrading = upgrade
+        try:
+            async with self.roll_lock:  # (not beside a rolling restart)
+                pid = await self._upgrade(upgrade)
+        finally:
+            self.upgrading = None
+        logger.info(
+            "Upgrade complete: coordinator pid %d serves; pid %d drains its shards and exits.",
+            pid,
+            os.getpid(),
+        )
+        if self.notifier is not None:
+            self.notifier.hand_over(pid, self._status())
+        self.handed_over = True
+        if self.services is not None:
+            await self.services.close_metrics()
+        # Idle keep-alive connections get `connection: close` on their next response
+        # rather than a close that could cross a request on its way.
+        self._begin_stop(close_idle=False)
+        return pid
+
+    async def _upgrade(self, upgrade: Upgrade) -> int:
+        if self.phase is not Phase.RUNNING:
+            raise UpgradeFailed(f"it is {self.phase}")
+        if self.notifier is not None:
+            self.notifier.reloading()
+        try:
+            return await upgrade.run()
+        except UpgradeFailed as exc:
+            logger.error("Upgrade failed: %s; pid %d keeps serving.", exc, os.getpid())
+            if self.notifier is not None and self.phase is Phase.RUNNING:
+                self.notifier.ready(self._status())
+            raise
+
+    async def _upgrade_on_signal(self) -> None:
+        with contextlib.suppress(UpgradeFailed):  # (logged)
+            await self.upgrade()
+
+    def _inherited_metrics(self) -> list:
+        """The --metrics listeners our predecessor handed over, if we serve metrics."""
+        inherited = self.handover.metrics if self.handover is not None else []
+        if self.config.metrics is None:
+            for sock in inherited:
+                sock.close()
+            return []
+        return inherited
+
     # Stopping ------------------------------------------------------------------------------
 
-    def _begin_stop(self, force: bool = False) -> None:
+    def _begin_stop(self, force: bool = False, close_idle: bool = True) -> None:
+        if self.upgrading is not None:
+            self.upgrading.abort()  # (our successor must not outlive us half-started)
         if self.phase is not Phase.STOPPING:
             self.phase = Phase.STOPPING
             if self.notifier is not None:
@@ -661,17 +734,17 @@ class Supervisor:
             for slot in self.slots:
                 if slot.current is not None:
                     slot.current.expected_exit = True
-            self.tasks.spawn(self._stop_all(force), "stop every shard", critical=True)
+            self.tasks.spawn(self._stop_all(force, close_idle), "stop every shard", critical=True)
         elif force:
             self._force_all()
 
-    async def _stop_all(self, force: bool) -> None:
+    async def _stop_all(self, force: bool, close_idle: bool) -> None:
         try:
             if force:
                 self._force_all()
             shards = [slot.current for slot in self.slots if slot.current is not None]
             live = [shard for shard in shards if not shard.exited.done()]
-            await asyncio.gather(*(self._drain(shard, close_idle=True) for shard in live))
+            await asyncio.gather(*(self._drain(shard, close_idle) for shard in live))
         finally:
             self.stopped.set()
 
@@ -692,7 +765,7 @@ class Supervisor:
     def _close_listeners(self) -> None:
         for sock in self.sockets:
             sock.close()
-        if self.config.uds:
+        if self.config.uds and not self.handed_over:  # (else our successor's now)
             with contextlib.suppress(OSError):
                 os.unlink(self.config.uds)
 
@@ -704,6 +777,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_signal, self.rolling_restart, "roll")
         loop.add_signal_handler(signal.SIGTTIN, self._on_signal, self.add_shard, "add a shard")
         loop.add_signal_handler(signal.SIGTTOU, self._on_signal, self.remove_shard, "remove one")
+        loop.add_signal_handler(signal.SIGUSR2, self._on_signal, self._upgrade_on_signal, "upgrade")
 
     def _on_signal(self, action, name: str) -> None:
         if self.phase is Phase.RUNNING:
