@@ -1,4 +1,5 @@
-"""What the supervisor holds for each shard: a slot, and a handle per generation.
+"""What the supervisor holds for each shard: a slot, and a handle per generation (and
+the server's own phase).
 
 A *slot* is a shard's place (its index, listeners and CPUs); each time a shard is
 started in it, a new *generation* runs, seen through a ``ShardHandle``.  One
@@ -31,6 +32,14 @@ class Status(enum.StrEnum):
     DRAINING = "draining"  # told to finish its requests and exit
     UNRESPONSIVE = "unresponsive"  # no heartbeat: being killed
     EXITED = "exited"
+
+
+class Phase(enum.StrEnum):
+    """The server's phase (`shardserve status` shows these words)."""
+
+    STARTING = "starting"  # (with --reload, also: waiting for code that imports)
+    RUNNING = "running"
+    STOPPING = "stopping"
 
 
 @dataclass(eq=False)

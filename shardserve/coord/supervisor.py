@@ -9,9 +9,10 @@ its successor, started on the same socket.
 Where shards are restarted: ``_on_exit`` (crashes, after the slot's RestartPolicy
 back-off; heartbeat-watchdog kills are crashes) and ``_replace`` (a successor first,
 then the old one drains: rolling restarts, --limit-max-requests, --limit-max-rss).
-Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard, USR2 upgrades
-the coordinator itself (upgrade.py); --reload rolls on a source change.  Every
-background task is owned by ``self.tasks``.
+Signals: INT/TERM stop, HUP rolls, TTIN/TTOU add or remove a shard (the ``Resizing``
+part, resizing.py), USR2 upgrades the coordinator itself (the ``Upgrading`` part,
+upgrade.py); --reload rolls on a source change.  Every background task is owned by
+``self.tasks``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import enum
 import logging
 import math
 import os
@@ -32,7 +32,6 @@ import time
 from ..config import Config
 from ..errors import StartupError
 from ..messages import (
-    Adopt,
     Configure,
     Drain,
     Fatal,
@@ -45,20 +44,21 @@ from ..messages import (
     Stop,
 )
 from .activation import Activation
-from .handles import ShardHandle, Slot, Status
+from .handles import Phase, ShardHandle, Slot, Status
 from .handover import Handover
 from .launcher import Launcher
-from .listeners import add_listener, bind_listeners, describe
+from .listeners import bind_listeners, describe
 from .notify import Notifier, keep_notifying
 from .placement import Placement
 from .policies import MIB, MemoryLimit
+from .resizing import Resizing
 from .services import Services
 from .signals import StopSignals
 from .snapshot import ServerView, ShardView
 from .stats import StatsBook
 from .steering import attach_cpu_steering
-from .tasks import TaskSet
-from .upgrade import Upgrade, UpgradeFailed
+from .tasks import TaskSet, first_done
+from .upgrade import Upgrade, Upgrading
 
 logger = logging.getLogger("shardserve.error")
 
@@ -70,15 +70,7 @@ class ShardFailed(StartupError):
     """A shard could not start, or keeps failing: the message is the shard's error."""
 
 
-class Phase(enum.StrEnum):
-    """The server's phase (`shardserve status` shows these words)."""
-
-    STARTING = "starting"  # (with --reload, also: waiting for code that imports)
-    RUNNING = "running"
-    STOPPING = "stopping"
-
-
-class Supervisor:
+class Supervisor(Resizing, Upgrading):
     def __init__(
         self,
         config: Config,
@@ -224,7 +216,7 @@ class Supervisor:
         for slot in self.slots:
             slot.current = await self._start(slot)
             shards.append(slot.current)
-        waiting = {asyncio.ensure_future(_first(s.ready, s.exited)) for s in shards}
+        waiting = {asyncio.ensure_future(first_done(s.ready, s.exited)) for s in shards}
         failed = None
         try:
             while waiting and self.phase is Phase.STARTING and failed is None:
@@ -301,10 +293,6 @@ class Supervisor:
         logger.info("Shutting down (requested on the control socket)")
         asyncio.get_running_loop().call_soon(self._begin_stop)
         return {"stopping": True}
-
-    async def _upgrade_command(self) -> dict:
-        pid = await self.upgrade()
-        return {"upgraded": True, "pid": pid, "previous_pid": os.getpid()}
 
     async def _on_source_change(self) -> None:
         """--reload, once the changed app imports: roll the shards onto it."""
@@ -401,7 +389,7 @@ class Supervisor:
             new = await self._start(slot)
             try:
                 started = await asyncio.wait_for(
-                    _first(new.ready, new.exited), REPLACEMENT_START_TIMEOUT
+                    first_done(new.ready, new.exited), REPLACEMENT_START_TIMEOUT
                 )
             except TimeoutError:
                 new.kill(f"not ready after {REPLACEMENT_START_TIMEOUT:g} s")
@@ -569,7 +557,7 @@ class Supervisor:
         count = len(self.slots)
         return f"{count} shard{'s' if count != 1 else ''}, {rps:.0f} req/s"
 
-    # Rolling restart and resizing ---------------------------------------------------------
+    # Rolling restart -----------------------------------------------------------------------
 
     async def rolling_restart(self, together: bool = False, wait: bool = False) -> None:
         """Replace every shard, one at a time (or ``together``: --reload, where waiting
@@ -607,118 +595,6 @@ class Supervisor:
                 logger.error("Rolling restart stopped at shard %d.", slot.index)
                 return
         logger.info("Rolling restart complete.")
-
-    async def add_shard(self) -> None:
-        index = len(self.slots)
-        cpus = None
-        if self.placement.pinned:
-            used = {cpu for slot in self.slots for cpu in (slot.cpus or ())}
-            free = [cpu for cpu in sorted(os.sched_getaffinity(0)) if cpu not in used]
-            if not free:
-                logger.warning("No CPU left to pin another shard to; not adding one.")
-                return
-            cpus = (free[0],)
-        heir = None
-        if self._shared_listener:
-            sock = None
-        elif index < len(self.sockets):
-            # The listener of a shard removed earlier, which another shard adopted:
-            # it is this index's again (steering maps group index i to shard i).
-            sock = self.sockets[index]
-            heir = next((slot for slot in self.slots if sock in slot.listeners), None)
-            if heir is not None:
-                heir.listeners.remove(sock)
-        else:
-            sock = add_listener(self.sockets[0], self.config.backlog)
-            self.sockets.append(sock)
-        listeners = list(self.sockets) if sock is None else [sock]
-        slot = Slot(index, listeners, cpus, self.config.shard_mode)
-        self.slots.append(slot)
-        shard = slot.current = await self._start(slot)
-        if await _first(shard.ready, shard.exited) and shard.ready.result():
-            logger.info("Added shard %d; %d shards now.", index, len(self.slots))
-        if heir is not None:
-            # The heir still serves the listener it adopted: a successor started on its
-            # own listeners alone takes over, so each shard serves one listener again.
-            await self._replace(heir)
-
-    async def remove_shard(self) -> None:
-        if len(self.slots) <= 1:
-            logger.warning("Only one shard left; not removing it.")
-            return
-        slot = self.slots.pop()
-        shard = slot.current
-        if not self._shared_listener:
-            # Its listener stays open (closing it would reset the connections queued
-            # on it): another shard serves it until a shard is added in its place.
-            heir = min(self.slots, key=lambda s: len(s.listeners))
-            for sock in slot.listeners:
-                heir.listeners.append(sock)
-                if heir.current is not None:
-                    heir.current.send(Adopt(listener=self.sockets.index(sock)), fds=[sock.fileno()])
-        logger.info("Removing shard %d; %d shards now.", slot.index, len(self.slots))
-        if shard is not None:
-            await self._drain(shard, close_idle=False)
-
-    # In-place upgrade -----------------------------------------------------------------------
-
-    async def upgrade(self) -> int:
-        """Replace this coordinator (upgrade.py): a new one from the same command line
-        takes the listeners over; once its shards are ready, ours drain and we exit.
-        Its pid, or UpgradeFailed (logged; we go on serving)."""
-        if self.upgrading is not None or self.phase is not Phase.RUNNING:
-            why = "an upgrade is already under way" if self.upgrading else f"it is {self.phase}"
-            logger.warning("Upgrade refused: %s.", why)
-            raise UpgradeFailed(why)
-        names = self.activation.names if self.activation is not None else []
-        metrics = self.services.metrics_sockets if self.services is not None else []
-        upgrade = Upgrade(self.sockets, not self._shared_listener, names, metrics)
-        self.upgrading = upgrade
-        try:
-            async with self.roll_lock:  # (not beside a rolling restart)
-                pid = await self._upgrade(upgrade)
-        finally:
-            self.upgrading = None
-        logger.info(
-            "Upgrade complete: coordinator pid %d serves; pid %d drains its shards and exits.",
-            pid,
-            os.getpid(),
-        )
-        if self.notifier is not None:
-            self.notifier.hand_over(pid, self._status())
-        self.handed_over = True
-        if self.services is not None:
-            await self.services.close_metrics()
-        # Idle keep-alive connections get `connection: close` on their next response
-        # rather than a close that could cross a request on its way.
-        self._begin_stop(close_idle=False)
-        return pid
-
-    async def _upgrade(self, upgrade: Upgrade) -> int:
-        if self.phase is not Phase.RUNNING:
-            raise UpgradeFailed(f"it is {self.phase}")
-        if self.notifier is not None:
-            self.notifier.reloading()
-        try:
-            return await upgrade.run()
-        except UpgradeFailed as exc:
-            logger.error("Upgrade failed: %s; pid %d keeps serving.", exc, os.getpid())
-            if self.notifier is not None and self.phase is Phase.RUNNING:
-                self.notifier.ready(self._status())
-            raise
-
-    async def _upgrade_on_signal(self) -> None:
-        with contextlib.suppress(UpgradeFailed):  # (logged)
-            await self.upgrade()
-
-    def _inherited_metrics(self) -> list:
-        """The --metrics listeners our predecessor handed over, if we serve metrics."""
-        inherited = self.handover.metrics if self.handover is not None else []
-        if self.config.metrics is None:
-            for sock in inherited:
-                sock.close()
-            return []
-        return inherited
 
     # Stopping ------------------------------------------------------------------------------
 
@@ -782,12 +658,6 @@ class Supervisor:
     def _on_signal(self, action, name: str) -> None:
         if self.phase is Phase.RUNNING:
             self.tasks.spawn(action(), name)
-
-
-async def _first(*futures: asyncio.Future) -> bool:
-    """Wait until any of ``futures`` is done; True if the first of them is."""
-    await asyncio.wait([asyncio.shield(f) for f in futures], return_when=asyncio.FIRST_COMPLETED)
-    return futures[0].done()
 
 
 def _become_child_subreaper() -> None:

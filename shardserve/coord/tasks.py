@@ -48,3 +48,9 @@ class TaskSet:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_done(*futures: asyncio.Future) -> bool:
+    """Wait until any of ``futures`` is done; True if the first of them is."""
+    await asyncio.wait([asyncio.shield(f) for f in futures], return_when=asyncio.FIRST_COMPLETED)
+    return futures[0].done()

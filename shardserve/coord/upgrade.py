@@ -9,7 +9,8 @@ starts, both coordinators hold them and this one's shards go on serving, so no
 connection is refused.  Once its shards are ready it says so on a pipe; only then
 does this coordinator drain its own shards and exit (the supervisor's part).  If it
 exits first, or is not ready in time, this one goes on serving and says why in one
-line.
+line.  ``Upgrading`` is the supervisor's side: when, what systemd is told, and
+stepping down once the new coordinator serves.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import CommandFailed
+from .handles import Phase
 from .handover import VARIABLE, encode
 
 logger = logging.getLogger("shardserve.error")
@@ -176,3 +178,70 @@ def _read_ready(fd: int, ready: asyncio.Future[bool]) -> None:
 def _settle(future: asyncio.Future, value) -> None:
     if not future.done():
         future.set_result(value)
+
+
+class Upgrading:
+    """The supervisor's part (a mixin of ``Supervisor``): when an upgrade may start,
+    what it tells systemd, and how this coordinator steps down."""
+
+    async def _upgrade_command(self) -> dict:
+        pid = await self.upgrade()
+        return {"upgraded": True, "pid": pid, "previous_pid": os.getpid()}
+
+    async def upgrade(self) -> int:
+        """Replace this coordinator (``Upgrade``): a new one from the same command line
+        takes the listeners over; once its shards are ready, ours drain and we exit.
+        Its pid, or UpgradeFailed (logged; we go on serving)."""
+        if self.upgrading is not None or self.phase is not Phase.RUNNING:
+            why = "an upgrade is already under way" if self.upgrading else f"it is {self.phase}"
+            logger.warning("Upgrade refused: %s.", why)
+            raise UpgradeFailed(why)
+        names = self.activation.names if self.activation is not None else []
+        metrics = self.services.metrics_sockets if self.services is not None else []
+        upgrade = Upgrade(self.sockets, not self._shared_listener, names, metrics)
+        self.upgrading = upgrade
+        try:
+            async with self.roll_lock:  # (not beside a rolling restart)
+                pid = await self._upgrade(upgrade)
+        finally:
+            self.upgrading = None
+        logger.info(
+            "Upgrade complete: coordinator pid %d serves; pid %d drains its shards and exits.",
+            pid,
+            os.getpid(),
+        )
+        if self.notifier is not None:
+            self.notifier.hand_over(pid, self._status())
+        self.handed_over = True
+        if self.services is not None:
+            await self.services.close_metrics()
+        # Idle keep-alive connections get `connection: close` on their next response
+        # rather than a close that could cross a request on its way.
+        self._begin_stop(close_idle=False)
+        return pid
+
+    async def _upgrade(self, upgrade: Upgrade) -> int:
+        if self.phase is not Phase.RUNNING:
+            raise UpgradeFailed(f"it is {self.phase}")
+        if self.notifier is not None:
+            self.notifier.reloading()
+        try:
+            return await upgrade.run()
+        except UpgradeFailed as exc:
+            logger.error("Upgrade failed: %s; pid %d keeps serving.", exc, os.getpid())
+            if self.notifier is not None and self.phase is Phase.RUNNING:
+                self.notifier.ready(self._status())
+            raise
+
+    async def _upgrade_on_signal(self) -> None:
+        with contextlib.suppress(UpgradeFailed):  # (logged)
+            await self.upgrade()
+
+    def _inherited_metrics(self) -> list:
+        """The --metrics listeners our predecessor handed over, if we serve metrics."""
+        inherited = self.handover.metrics if self.handover is not None else []
+        if self.config.metrics is None:
+            for sock in inherited:
+                sock.close()
+            return []
+        return inherited
