@@ -65,9 +65,9 @@ class Notifier:
         self.send(f"MAINPID={pid}", "READY=1", f"STATUS={status}")
         self.handed_over = True
 
-    def reloading(self) -> None:
+    def reloading(self, status: str = "Rolling restart") -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=Rolling restart")
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={status}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=Stopping")

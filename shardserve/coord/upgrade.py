@@ -224,7 +224,7 @@ class Upgrading:
         if self.phase is not Phase.RUNNING:
             raise UpgradeFailed(f"it is {self.phase}")
         if self.notifier is not None:
-            self.notifier.reloading()
+            self.notifier.reloading("Upgrading the coordinator")
         try:
             return await upgrade.run()
         except UpgradeFailed as exc:
