@@ -39,9 +39,12 @@ class ServerKind:
     root: Path | None = None  # another revision's tree (--against); None: this one
     baseline: str | None = None  # --against: the kind this one is measured against
     protocols: frozenset[str] = HTTP1_ONLY  # what it serves (bench/workloads.py)
+    paths: frozenset[str] | None = None  # the only request paths it answers (the floor)
 
     def cannot_serve(self, workload: Workload) -> str | None:
-        """Why this kind does not serve ``workload``'s protocol, or None if it does."""
+        """Why this kind does not serve ``workload``, or None if it does."""
+        if self.paths is not None and (workload.path not in self.paths or workload.websocket):
+            return f"answers GET {', '.join(sorted(self.paths))} only"
         if workload.protocol in self.protocols:
             return None
         serves = " and ".join(PROTOCOL_NAMES[p].split(" ")[0] for p in sorted(self.protocols))
@@ -98,6 +101,16 @@ def _granian(*options: str) -> Command:
     return command
 
 
+def _floor(loop: str) -> Command:
+    def command(count: int, port: int, app: str, access_log: bool,
+                tls: Certificate | None = None) -> list[str]:  # fmt: skip
+        del app, access_log, tls  # (it has no app, no log, no TLS)
+        return [sys.executable, "-m", "bench.floor", "--port", str(port),
+                "--workers", str(count), "--loop", loop]  # fmt: skip
+
+    return command
+
+
 def _hypercorn(count: int, port: int, app: str, access_log: bool,
                tls: Certificate | None = None) -> list[str]:  # fmt: skip
     argv = [peer_python(), "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
@@ -109,6 +122,19 @@ def _hypercorn(count: int, port: int, app: str, access_log: bool,
 SERVERS: dict[str, ServerKind] = {
     kind.name: kind
     for kind in (
+        # The reference every ratio needs (bench/floor.py): no ASGI, a canned response.
+        ServerKind(
+            "floor",
+            "the floor: a bare uvloop + httptools protocol, a canned response, no ASGI",
+            _floor("uvloop"),
+            paths=frozenset({"/"}),
+        ),
+        ServerKind(
+            "floor-asyncio",
+            "the floor on stdlib asyncio (httptools still parses)",
+            _floor("asyncio"),
+            paths=frozenset({"/"}),
+        ),
         ServerKind(
             "shardserve",
             "process shards (httptools, uvloop; HTTP/2 on h2: h2c and ALPN h2)",
