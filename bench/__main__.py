@@ -80,6 +80,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="REV",
         help="also run each shardserve kind from this git revision, with paired ratios",
     )
+    parser.add_argument(
+        "--ratio-to",
+        metavar="KIND",
+        help="paired ratios of every other server to this one (e.g. floor)",
+    )
     parser.add_argument("--out", help="directory for the results (default bench/results/<time>)")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     args = parser.parse_args(argv)
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     kinds = _names(args.servers, SERVERS, "server")
+    if args.ratio_to and args.ratio_to not in {kind.name for kind in kinds}:
+        raise SystemExit(f"bench: --ratio-to {args.ratio_to}: not among --servers")
     if args.against:
         kinds += revision_kinds(kinds, args.against)
     workloads = _names(args.workloads, WORKLOADS, "workload")
@@ -153,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             except CertificateError as exc:
                 raise SystemExit(f"bench: {exc}") from None
         cells = run_matrix(kinds, counts, workloads, settings, tls, unavailable)
-    write(out, cells, settings, argv, {k.name: k.baseline for k in kinds if k.baseline})
+    ratios_of = [(k.baseline, k.name) for k in kinds if k.baseline]
+    if args.ratio_to:
+        ratios_of += [(k.name, args.ratio_to) for k in kinds if k.name != args.ratio_to]
+    write(out, cells, settings, argv, ratios_of)
     print((out / "results.md").read_text())
     if not args.no_charts:
         why_not = draw_charts(out, peer_python())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -41,13 +42,17 @@ def _figure(summary: dict, name: str, digits: int = 0) -> str:
     return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
 
 
-def paired(cells: list[Cell], baselines: dict[str, str]) -> list[dict]:
-    """--against: each revision cell against its twin, run by run (runs of one round
-    were measured side by side, so drift moves both alike), then the median ratio."""
+def paired(cells: list[Cell], ratios_of: list[tuple[str, str]]) -> list[dict]:
+    """Each (server, against) pair of kinds (--against: this tree's kind and the
+    revision's; --ratio-to: every kind and the reference), cell by cell, run by run
+    (runs of one round were measured side by side, so drift moves both alike), then
+    the median ratio."""
     by_key = {(c.server, c.workers, c.workload): c for c in cells}
     pairs = []
-    for cell in cells:
-        twin = by_key.get((baselines.get(cell.server), cell.workers, cell.workload))
+    for (server, against), cell in itertools.product(ratios_of, cells):
+        if cell.server != against:
+            continue
+        twin = by_key.get((server, cell.workers, cell.workload))
         if twin is None or twin.skipped is not None or cell.skipped is not None:
             continue
         ratios: dict[str, list[float]] = {"cpu_us_per_request": [], "rps": []}
@@ -78,7 +83,7 @@ def paired(cells: list[Cell], baselines: dict[str, str]) -> list[dict]:
 
 def _pairs_markdown(pairs: list[dict]) -> list[str]:
     lines = [
-        "## Paired against the revision",
+        "## Paired ratios",
         "",
         "| server | against | workers | workload | server CPU/request ratio | req/s ratio | runs |",
         "|---|---|---|---|---|---|---|",
@@ -92,7 +97,7 @@ def _pairs_markdown(pairs: list[dict]) -> list[str]:
             f"| {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) "
             f"| {rps['median']:.3f} ({rps['min']:.3f}-{rps['max']:.3f}) | {cpu['runs']} |"
         )
-    return lines + ["", "Ratios: this tree / the revision, per round, median (min-max).", ""]
+    return lines + ["", "Ratios: server / against, per round, median (min-max).", ""]
 
 
 def markdown(
@@ -164,11 +169,11 @@ def write(
     cells: list[Cell],
     settings: Settings,
     argv: list[str],
-    baselines: dict[str, str] | None = None,
+    ratios_of: list[tuple[str, str]] = (),
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    pairs = paired(cells, baselines or {})
+    pairs = paired(cells, list(ratios_of))
     data = {
         "argv": argv,
         "machine": info,
