@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -154,7 +155,11 @@ def test_access_log_run(tmp_path):
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     "name",
-    [n for n, k in SERVERS.items() if n != "shardserve-subinterpreter" and HTTP1 in k.protocols],
+    [
+        n
+        for n, k in SERVERS.items()
+        if n != "shardserve-subinterpreter" and HTTP1 in k.protocols and k.paths is None
+    ],
 )
 def test_access_log_lines_go_to_stdout_only_when_asked(name, tmp_path):
     """The matrix sends stdout to /dev/null: that is where every server's lines must go."""
@@ -277,7 +282,75 @@ def test_against_a_revision_pairs_each_run_with_its_twin(tmp_path):
     assert pair["cpu_us_per_request"]["runs"] == 2
     assert pair["cpu_us_per_request"]["min"] == pytest.approx(ratios[0])
     assert pair["cpu_us_per_request"]["max"] == pytest.approx(ratios[1])
-    assert "Paired against the revision" in (out / "results.md").read_text()
+    assert "Paired ratios" in (out / "results.md").read_text()
+
+
+@pytest.mark.timeout(150)
+def test_ratio_to_the_floor_pairs_every_server_with_it(tmp_path):
+    """--ratio-to floor: shardserve's CPU per request over the floor's, round by round;
+    the floor skips what it does not answer."""
+    out = tmp_path / "results"
+    done = bench(
+        "--servers", "floor,shardserve", "--workloads", "plaintext,json",
+        "--server-cpus", "0-1", "--load-cpus", "0-1",
+        "--runs", "2", "--seconds", "1", "--warmup", "1", "--connections", "8",
+        "--ratio-to", "floor", "--out", str(out), "--no-charts",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    cells = {(c["server"], c["workload"]): c for c in data["cells"]}
+    assert cells[("floor", "json")]["skipped"] == "answers GET / only"
+    for run in cells[("floor", "plaintext")]["runs"]:
+        assert run["errors"] == 0 and run["requests"] > 100, run
+    [pair] = data["paired"]
+    assert (pair["server"], pair["against"], pair["workload"]) == (
+        "shardserve",
+        "floor",
+        "plaintext",
+    )
+    now = cells[("shardserve", "plaintext")]["runs"]
+    floor = cells[("floor", "plaintext")]["runs"]
+    ratios = sorted(
+        a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in zip(now, floor, strict=True)
+    )
+    assert pair["cpu_us_per_request"]["min"] == pytest.approx(ratios[0])
+    assert pair["cpu_us_per_request"]["max"] == pytest.approx(ratios[1])
+
+
+def test_ratio_to_a_server_not_run_is_one_line():
+    done = bench("--servers", "shardserve", "--ratio-to", "floor")
+    assert done.returncode != 0
+    assert done.stderr.strip() == "bench: --ratio-to floor: not among --servers"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_floor_sends_the_bytes_shardserve_sends(loop, tmp_path):
+    """The floor answers GET / as shardserve answers the hello app (same header
+    fields, same body), keep-alive or not."""
+    port = free_port()
+    argv = SERVERS["floor" if loop == "uvloop" else "floor-asyncio"].command(1, port, APP, False)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            data = b""
+            while data.count(b"Hello, world!") < 2:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            last = b""
+            while chunk := sock.recv(65536):
+                last += chunk
+    finally:
+        stop(proc)
+    first = data.split(b"Hello, world!")[0]
+    names = [line.split(b":")[0] for line in first.split(b"\r\n")[1:] if line]
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert names == [b"server", b"date", b"content-type", b"content-length"]
+    assert b"connection: close\r\n" in last and last.endswith(b"Hello, world!")
 
 
 def test_against_an_unknown_revision_is_one_line():
