@@ -127,6 +127,9 @@ class Drain:
 
     TAG: ClassVar[str] = "drain"
     close_idle: bool = True
+    # An in-place upgrade: WebSocket sessions go on until the grace time is up (then
+    # 1012), rather than being closed with 1012 at once.
+    keep_websockets: bool = False
 
 
 @dataclass

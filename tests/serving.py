@@ -121,7 +121,8 @@ class Server:
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         code = self.proc.wait(timeout)
-        self._reader.join(5)
+        if not self.successors:  # (else they hold its output open: read on)
+            self._reader.join(5)
         return code
 
     def follow(self, pid: int) -> None:

@@ -419,12 +419,13 @@ class Supervisor(Resizing, Upgrading):
         finally:
             slot.busy = False
 
-    async def _drain(self, shard: ShardHandle, close_idle: bool) -> None:
-        """Let ``shard`` finish its requests and exit; kill it after the grace time."""
+    async def _drain(self, shard: ShardHandle, close_idle: bool, upgrade: bool = False) -> None:
+        """Let ``shard`` finish its requests and exit; kill it after the grace time
+        (``upgrade``: its WebSocket sessions go on until then, too)."""
         shard.expected_exit = True
         if not shard.exited.done():
             shard.status = Status.DRAINING
-        shard.send(Drain(close_idle=close_idle))
+        shard.send(Drain(close_idle=close_idle, keep_websockets=upgrade))
         grace = self.config.timeout_graceful_shutdown
         timeout = None if grace is None else grace + EXIT_MARGIN
         try:
@@ -598,7 +599,9 @@ class Supervisor(Resizing, Upgrading):
 
     # Stopping ------------------------------------------------------------------------------
 
-    def _begin_stop(self, force: bool = False, close_idle: bool = True) -> None:
+    def _begin_stop(self, force: bool = False, handed_over: bool = False) -> None:
+        """Stop every shard: ``force`` at once, or drain them (``handed_over``: as an
+        in-place upgrade's old coordinator, see Upgrading.upgrade)."""
         if self.upgrading is not None:
             self.upgrading.abort()  # (our successor must not outlive us half-started)
         if self.phase is not Phase.STOPPING:
@@ -610,17 +613,20 @@ class Supervisor(Resizing, Upgrading):
             for slot in self.slots:
                 if slot.current is not None:
                     slot.current.expected_exit = True
-            self.tasks.spawn(self._stop_all(force, close_idle), "stop every shard", critical=True)
+            self.tasks.spawn(self._stop_all(force, handed_over), "stop every shard", critical=True)
         elif force:
             self._force_all()
 
-    async def _stop_all(self, force: bool, close_idle: bool) -> None:
+    async def _stop_all(self, force: bool, handed_over: bool) -> None:
         try:
             if force:
                 self._force_all()
             shards = [slot.current for slot in self.slots if slot.current is not None]
             live = [shard for shard in shards if not shard.exited.done()]
-            await asyncio.gather(*(self._drain(shard, close_idle) for shard in live))
+            # Handed over: idle keep-alive connections get `connection: close` on their
+            # next response (as in a roll), not a close that could cross a request.
+            drains = (self._drain(shard, not handed_over, handed_over) for shard in live)
+            await asyncio.gather(*drains)
         finally:
             self.stopped.set()
 

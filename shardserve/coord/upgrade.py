@@ -215,9 +215,7 @@ class Upgrading:
         self.handed_over = True
         if self.services is not None:
             await self.services.close_metrics()
-        # Idle keep-alive connections get `connection: close` on their next response
-        # rather than a close that could cross a request on its way.
-        self._begin_stop(close_idle=False)
+        self._begin_stop(handed_over=True)
         return pid
 
     async def _upgrade(self, upgrade: Upgrade) -> int:

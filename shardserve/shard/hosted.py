@@ -70,7 +70,7 @@ def run_hosted_shard(
 
     def on_message(message) -> None:
         if isinstance(message, Drain):
-            shard.request_stop(close_idle=message.close_idle)
+            shard.request_stop(message.close_idle, message.keep_websockets)
         elif isinstance(message, Stop):
             shard.force_stop()
         elif isinstance(message, Adopt):

@@ -29,6 +29,7 @@ logger = logging.getLogger("shardserve.error")
 
 TICK_SECONDS = 0.25
 TICKS_PER_SECOND = 4
+WEBSOCKET_CLOSE_SECONDS = 1.0  # for kept WebSocket sessions' close handshakes, at the end
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Shard:
         self._ticker: asyncio.TimerHandle | None = None
         self._ticks = 0
         self._close_idle: bool | None = None
+        self._keep_websockets = False
         self._servers: list[asyncio.AbstractServer | Listener] = []
         self._serve_socket: Callable[[socket.socket], Any] | None = None
         self._adopting: set[asyncio.Task] = set()  # listeners handed over, being served
@@ -99,18 +101,21 @@ class Shard:
                 asyncio.set_event_loop(None)
                 loop.close()
 
-    def request_stop(self, close_idle: bool = True) -> None:
+    def request_stop(self, close_idle: bool = True, keep_websockets: bool = False) -> None:
         """Begin a graceful stop; safe to call from any thread, more than once.
 
         ``close_idle=False`` (a shard being replaced) leaves idle keep-alive
         connections open until their next request, answered with ``connection:
         close``, or their keep-alive timeout: no client sees its idle connection
-        closed under a request it is sending.
+        closed under a request it is sending.  ``keep_websockets`` (an in-place
+        upgrade) lets WebSocket sessions go on until the grace time is up.
         """
         if not close_idle and self._close_idle is None:
             self._close_idle = False
+            self._keep_websockets = keep_websockets
         elif close_idle:
             self._close_idle = True
+            self._keep_websockets = False
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
 
@@ -249,17 +254,22 @@ class Shard:
 
     async def _drain(self, state: ShardState) -> None:
         """Close idle connections now; give in-flight requests until the grace timeout."""
+        close_idle = self._close_idle is not False
+        kept = []  # WebSocket sessions left to end by themselves (an upgrade)
         for conn in tuple(state.connections):
-            conn.drain(close_idle=self._close_idle is not False)
+            if self._keep_websockets and conn.long_lived:
+                kept.append(conn)
+            else:
+                conn.drain(close_idle)
         timeout = self.config.timeout_graceful_shutdown
         deadline = None if timeout is None else time.monotonic() + timeout
         if state.connections or state.active_requests:
             logger.info("Waiting for in-flight requests to finish.")
-        while (state.connections or state.active_requests) and not self._force.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning("Graceful shutdown timed out; closing remaining connections.")
-                break
-            await asyncio.sleep(0.05)
+        if not await self._until_drained(state, deadline) and kept:
+            # Grace time is up: the sessions still open get their close (1012).
+            for conn in kept:
+                conn.drain(close_idle)
+            await self._until_drained(state, time.monotonic() + WEBSOCKET_CLOSE_SECONDS, quiet=True)
         for conn in tuple(state.connections):
             conn.abort()
         # Let cancelled exchanges and aborted transports finish their callbacks.
@@ -267,6 +277,18 @@ class Shard:
             if not state.active_requests:
                 break
             await asyncio.sleep(0.01)
+
+    async def _until_drained(
+        self, state: ShardState, deadline: float | None, quiet: bool = False
+    ) -> bool:
+        """Wait until no connection is left (True), a forced stop, or ``deadline``."""
+        while (state.connections or state.active_requests) and not self._force.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                if not quiet:
+                    logger.warning("Graceful shutdown timed out; closing remaining connections.")
+                return False
+            await asyncio.sleep(0.05)
+        return not (state.connections or state.active_requests)
 
 
 def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:

@@ -61,6 +61,8 @@ ASYNCIO_READ_SIZE = 64 * 1024
 class HttpConnection(WriteFlow, asyncio.Protocol):
     """One TCP connection speaking HTTP/1.1: a ``Connection`` of its shard."""
 
+    long_lived = False
+
     __slots__ = (
         "state",
         "counters",

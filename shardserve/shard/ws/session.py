@@ -57,6 +57,8 @@ class _ServerProtocol(ServerProtocol):
 class WebSocketSession(WriteFlow, asyncio.Protocol):
     """One WebSocket connection: a ``Connection`` of its shard."""
 
+    long_lived = True
+
     def __init__(self, state: ShardState, transport, scope: dict[str, Any]) -> None:
         config = state.ws
         self.state = state
