@@ -321,6 +321,54 @@ def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
     assert after and not after & before, (before, after)
 
 
+def test_in_place_upgrade_of_a_subinterpreter_server_fails_no_request(serve, tmp_path):
+    """The new coordinator's interpreters serve the handed-over listeners; the old
+    process (its shards are its own threads) drains and exits 0."""
+    import signal
+
+    import httpx
+
+    from serving import process_gone
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2",
+                   "--control-socket", str(tmp_path / "c.sock"))  # fmt: skip
+    failures: list[str] = []
+    answered: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with httpx.Client() as client:  # a new connection each time
+                    response = client.get(server.url + "/", timeout=5)
+                    assert response.status_code == 200
+                    answered.append((time.monotonic(), response.json()["pid"]))
+            except Exception as exc:  # noqa: BLE001 - counted
+                failures.append(repr(exc))
+
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.0)
+        server.signal(signal.SIGUSR2)
+        new = int(server.wait_for(r"Upgrade: started a new coordinator \(pid (\d+)\)", 10)[1])
+        server.follow(new)
+        server.wait_for(r"Upgrade complete: coordinator pid \d+ serves", 30)
+        assert server.wait_exit(15) == 0, server.output
+        exited = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+    assert not failures, failures[:5]
+    after = {who for when, who in answered if when > exited}
+    assert after == {new}, (after, new)  # (an interpreter shard's pid is its process's)
+    assert not process_gone(new)
+
+
 def test_preflight_names_the_module_that_refuses(serve):
     server = serve(
         "apps.needs_msgspec:app", "--shard-mode", "subinterpreter", "--shards", "2", ready=False
