@@ -197,7 +197,7 @@ class RawClient:
 @pytest.mark.parametrize("cls", [HttpConnection, WebSocketSession])
 def test_both_kinds_declare_the_connection_interface(cls):
     assert issubclass(cls, Connection)
-    for name in ("check_timeouts", "drain", "abort"):
+    for name in ("check_timeouts", "drain", "abort", "long_lived"):
         ours = inspect.signature(getattr(Connection, name))
         theirs = inspect.signature(getattr(cls, name))
         assert list(theirs.parameters) == list(ours.parameters), (cls, name)

@@ -17,9 +17,10 @@ from typing import Protocol, runtime_checkable
 class Connection(Protocol):
     """A member of ``ShardState.connections``."""
 
-    # A WebSocket session: it ends when its peers say so, not with a response.  A shard
-    # stepping down for an in-place upgrade lets these run until its grace time is up.
-    long_lived: bool
+    def long_lived(self) -> bool:
+        """A WebSocket session: it ends when its peers say so, not with a response.  A
+        shard stepping down for an in-place upgrade lets these run until its grace
+        time is up."""
 
     def check_timeouts(self, now: float) -> None:
         """The ticker's sweep, every 0.25 s: ``now`` is the shard's coarse clock

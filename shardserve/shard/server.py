@@ -257,7 +257,7 @@ class Shard:
         close_idle = self._close_idle is not False
         kept = []  # WebSocket sessions left to end by themselves (an upgrade)
         for conn in tuple(state.connections):
-            if self._keep_websockets and conn.long_lived:
+            if self._keep_websockets and conn.long_lived():
                 kept.append(conn)
             else:
                 conn.drain(close_idle)

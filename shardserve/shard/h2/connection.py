@@ -53,8 +53,6 @@ _INTERNED = {name.encode("ascii"): name for name in INTERNED_METHODS.values()}
 class H2Connection(StreamOutput, ConnectionEnding, WriteFlow, asyncio.Protocol):
     """One connection speaking HTTP/2: a ``Connection`` of its shard."""
 
-    long_lived = False
-
     __slots__ = (
         "state",
         "counters",

@@ -111,6 +111,9 @@ class ConnectionEnding:
         self.transport.abort()
         self.closed = True
 
+    def long_lived(self) -> bool:
+        return False
+
     def drain(self, close_idle: bool) -> None:
         """End gracefully: the streams taken finish, the client opens new ones
         elsewhere.  GOAWAY goes once no stream is being answered (see

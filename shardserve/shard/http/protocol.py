@@ -61,8 +61,6 @@ ASYNCIO_READ_SIZE = 64 * 1024
 class HttpConnection(WriteFlow, asyncio.Protocol):
     """One TCP connection speaking HTTP/1.1: a ``Connection`` of its shard."""
 
-    long_lived = False
-
     __slots__ = (
         "state",
         "counters",
@@ -379,6 +377,9 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
         self.draining = True
         if self.cycle is None:
             self.close()
+
+    def long_lived(self) -> bool:
+        return False
 
     def drain(self, close_idle: bool) -> None:
         """The shard is stopping (close idle connections now) or being replaced (let

@@ -57,8 +57,6 @@ class _ServerProtocol(ServerProtocol):
 class WebSocketSession(WriteFlow, asyncio.Protocol):
     """One WebSocket connection: a ``Connection`` of its shard."""
 
-    long_lived = True
-
     def __init__(self, state: ShardState, transport, scope: dict[str, Any]) -> None:
         config = state.ws
         self.state = state
@@ -454,6 +452,9 @@ class WebSocketSession(WriteFlow, asyncio.Protocol):
             except InvalidState:
                 return
             self._flush()
+
+    def long_lived(self) -> bool:
+        return True
 
     def drain(self, close_idle: bool) -> None:
         """The shard is stopping or being replaced: close with 1012 (service restart)."""
