@@ -259,6 +259,22 @@ def test_subinterpreter_shards_serve_a_starlette_app_in_one_process(serve):
     assert server.output.count("Finished shard") == 2
 
 
+def test_the_compiled_head_splitter_loads_in_every_subinterpreter_shard(serve):
+    """_head.c is built for multi-phase init and a per-interpreter GIL: each own-GIL
+    interpreter imports its own copy (with httptools and uvloop, none loads)."""
+    import httpx
+
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    seen = {}
+    for _ in range(40):
+        with httpx.Client() as client:  # (a new connection each time: both shards answer)
+            answer = client.get(server.url + "/", timeout=5).json()
+        seen[answer["interpreter"]] = answer["head_split_compiled"]
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2 and all(seen.values()), seen
+
+
 def test_a_crashed_subinterpreter_shard_is_restarted(serve):
     import httpx
 

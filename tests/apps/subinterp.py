@@ -19,11 +19,14 @@ def _interpreter_id() -> int:
 
 
 async def whoami(request):
+    from shardserve.shard.http import head
+
     return JSONResponse(
         {
             "interpreter": _interpreter_id(),
             "pid": os.getpid(),
             "thread": threading.get_native_id(),
+            "head_split_compiled": head.ACCELERATED,  # (_head.c loaded in this interpreter)
         }
     )
 

@@ -1,4 +1,6 @@
-"""Atheris fuzz target for shardserve's pure-Python request parser (PythonParser).
+"""Atheris fuzz target for shardserve's pure-Python request parser (PythonParser), on
+the path a shard runs: with the compiled head splitter where it is built (head.py),
+the reference with SHARDSERVE_PURE_PYTHON=1.
 
 Run it from the repository root, for ten minutes, starting from the seed corpus::
 
@@ -24,6 +26,8 @@ Each input is parsed under the default limits and under small ones (so that 414 
   plus a small constant in the parser's buffers;
 - give the same outcome fed whole as fed in pieces (set FUZZ_SPLIT_ORACLE=0 to skip),
   but for when a malformed head still arriving is rejected (see ``same``);
+- split its first head (up to CRLF CRLF) in the compiled splitter exactly as the
+  reference does, or leave it to it (None), as it must wherever the reference refuses;
 - take a bounded time (``FUZZ_MAX_SECONDS_PER_INPUT`` plus a per-byte allowance): a
   quadratic path on a large input shows up as a timeout.
 """
@@ -39,6 +43,7 @@ import zlib
 import atheris
 
 with atheris.instrument_imports():
+    from shardserve.shard.http import head as head_split
     from shardserve.shard.http import parser_python
     from shardserve.shard.http.parser import Limits, ParseError
     from shardserve.shard.http.parser_python import PythonParser
@@ -153,8 +158,22 @@ def decode(data: bytes) -> tuple[bytes, list[bytes]]:
     return stream, pieces
 
 
+def check_split(head: bytes, limits: Limits) -> None:
+    args = (limits.request_line, limits.field_size, limits.fields)
+    fast = head_split.split_fast(head, *args)
+    try:
+        expected = head_split.split_head(head, *args)
+    except ParseError as exc:
+        assert fast is None, f"compiled split {head!r}, which the reference refuses: {exc}"
+        return
+    assert fast is None or fast == expected, f"{head!r}: {fast!r} != {expected!r}"
+
+
 def test_one_input(data: bytes) -> None:
     stream, pieces = decode(data)
+    first_head = stream.split(b"\r\n\r\n", 1)[0]
+    for limits in LIMITS:
+        check_split(first_head, limits)
     for limits in LIMITS:
         start = time.perf_counter()
         outcome = run(stream, pieces, limits)

@@ -23,9 +23,9 @@ from __future__ import annotations
 import re
 
 from .framing import TOKEN as _TOKEN
-from .framing import check_connect_target, check_host, check_transfer_encoding
-from .framing import token as _token
-from .parser import INTERNED_METHODS, REQUEST_LINE_EXTRA, Limits, ParseError, RequestSink
+from .framing import check_host, check_transfer_encoding
+from .head import HEAD_BYTES, NAMES, field_name, split_fast, split_head
+from .parser import REQUEST_LINE_EXTRA, Limits, ParseError, RequestSink
 
 # Parser states.
 HEAD = 0  # waiting for (the rest of) a request head
@@ -36,12 +36,6 @@ CHUNK_END = 4  # the CRLF after chunk data
 TRAILERS = 5  # the trailer section after the last chunk
 SWITCHED = 6  # the sink took the connection over: ignore input
 
-# Every byte a request head may contain anywhere: HTAB, LF, CR, SP, VCHAR, obs-text.
-# Which of them may appear where is checked per part.
-_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
-
-_version = re.compile(rb"HTTP/([0-9])\.([0-9])").fullmatch
-_absolute = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*:").match
 _hex_size = re.compile(rb"[0-9A-Fa-f]+").fullmatch
 # chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
@@ -49,42 +43,12 @@ _chunk_ext = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 ).fullmatch
 
-# Field-name kinds the parser acts on.
-_OTHER = 0
-_CONTENT_LENGTH = 1
-_TRANSFER_ENCODING = 2
-_HOST = 3
-_CONNECTION = 4
-_UPGRADE = 5
-_KINDS = {
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"host": _HOST,
-    b"connection": _CONNECTION,
-    b"upgrade": _UPGRADE,
-}
-
-# Raw field name -> (lower-cased name, kind), for names already seen to be valid tokens.
-# Bounded, so that clients inventing names cannot grow it.
-_NAMES: dict[bytes, tuple[bytes, int]] = {}
-_NAMES_MAX = 1024
-
 # Longest chunk-size line (size, extensions) accepted.
 MAX_CHUNK_LINE = 4096
 # Most hex digits of a chunk size, leading zeros aside: 2**64 - 1.
 MAX_CHUNK_DIGITS = 16
 # Most decimal digits of a Content-Length, leading zeros aside: under 2**63.
 MAX_LENGTH_DIGITS = 18
-
-
-def _name(raw: bytes) -> tuple[bytes, int]:
-    if _token(raw) is None:
-        raise ParseError(400, "invalid header field name (whitespace, obs-fold or a non-token)")
-    name = raw.lower()
-    entry = (name, _KINDS.get(name, _OTHER))
-    if len(_NAMES) < _NAMES_MAX:
-        _NAMES[raw] = entry
-    return entry
 
 
 class PythonParser:
@@ -251,81 +215,12 @@ class PythonParser:
     def _head(self, head: bytes) -> int:
         """Parse a complete head (without its final CRLF CRLF), pass the request on
         and return the state its body puts the parser in."""
-        if head.translate(None, _HEAD_BYTES):
-            raise ParseError(400, "control character in request head")
-        lines = head.split(b"\r\n")
-        count = len(lines) - 1
-        if head.count(b"\r") != count or head.count(b"\n") != count:
-            raise ParseError(400, "bare CR or LF in request head")
         limits = self.limits
-        if count > limits.fields:
-            raise ParseError(431, "too many request header fields")
-
-        parts = lines[0].split(b" ")
-        if len(parts) != 3:
-            raise ParseError(400, "malformed request line")
-        raw_method, target, raw_version = parts
-        method = INTERNED_METHODS.get(raw_method)
-        if method is None:
-            if _token(raw_method) is None:
-                raise ParseError(400, "invalid method")
-            method = raw_method.decode("ascii")
-        if raw_version == b"HTTP/1.1":
-            http_version = "1.1"
-        elif raw_version == b"HTTP/1.0":
-            http_version = "1.0"
-        else:
-            http_version = _other_version(raw_version)
-        if len(head) > limits.request_line and (
-            len(target) > limits.request_line
-            or len(lines[0]) > limits.request_line + REQUEST_LINE_EXTRA
-        ):
-            raise ParseError(414, "request line too long")
-        if not target or b"\t" in target or not target.isascii():
-            raise ParseError(400, "invalid request target")
-        if target[0] != 47:  # not origin-form ("/...")
-            _check_other_target(method, target)
-        elif method == "CONNECT":
-            check_connect_target(target)  # (refuses it)
-
-        if len(head) > limits.field_size:
-            field_size = limits.field_size
-            for index in range(1, count + 1):
-                if len(lines[index]) > field_size:
-                    raise ParseError(431, "request header field too large")
-
-        headers = []
-        append = headers.append
-        content_length = None
-        transfer_encoding = None
-        host = None
-        connection = None
-        upgrade = False
-        names = _NAMES
-        for line in lines[1:]:
-            raw_name, colon, value = line.partition(b":")
-            if not colon:
-                raise ParseError(400, "header line without a colon (or obs-fold)")
-            name, kind = names.get(raw_name) or _name(raw_name)
-            value = value.strip(b" \t")
-            append((name, value))
-            if kind:
-                if kind == _HOST:
-                    if host is not None:
-                        raise ParseError(400, "more than one Host header")
-                    host = value
-                elif kind == _CONTENT_LENGTH:
-                    if content_length is not None:
-                        raise ParseError(400, "duplicate Content-Length")
-                    content_length = value
-                elif kind == _TRANSFER_ENCODING:
-                    transfer_encoding = (
-                        value if transfer_encoding is None else transfer_encoding + b"," + value
-                    )
-                elif kind == _CONNECTION:
-                    connection = value if connection is None else connection + b"," + value
-                else:
-                    upgrade = True
+        fields = split_fast(head, limits.request_line, limits.field_size, limits.fields)
+        if fields is None:  # (no accelerator, or a head it leaves to the reference)
+            fields = split_head(head, limits.request_line, limits.field_size, limits.fields)
+        (method, target, http_version, headers, host, content_length, transfer_encoding,
+         connection, upgrade) = fields  # fmt: skip
 
         if host is None:
             if http_version == "1.1":
@@ -370,7 +265,7 @@ class PythonParser:
 
     def _trailers(self, section: bytes) -> None:
         """Validate trailer fields (RFC 9112 7.1.2) and drop them: not passed on."""
-        if section.translate(None, _HEAD_BYTES):
+        if section.translate(None, HEAD_BYTES):
             raise ParseError(400, "control character in trailer section")
         lines = section.split(b"\r\n")
         count = len(lines)
@@ -382,8 +277,8 @@ class PythonParser:
             raw_name, colon, _ = line.partition(b":")
             if not colon:
                 raise ParseError(400, "trailer line without a colon")
-            if raw_name not in _NAMES:
-                _name(raw_name)
+            if raw_name not in NAMES:
+                field_name(raw_name)
             if len(line) > self.limits.field_size:
                 raise ParseError(431, "trailer field too large")
 
@@ -399,28 +294,6 @@ def _skip_empty_lines(buf: bytes | bytearray, pos: int) -> int:
             raise ParseError(400, "bare CR before the request line")
         pos += 2
     return pos
-
-
-def _other_version(raw: bytes) -> str:
-    match = _version(raw)
-    if match is None:
-        raise ParseError(400, "malformed HTTP version")
-    major, minor = match.group(1), match.group(2)
-    if major != b"1":
-        raise ParseError(505, f"HTTP/{major.decode()}.{minor.decode()} is not supported")
-    raise ParseError(400, f"invalid HTTP version 1.{minor.decode()}")
-
-
-def _check_other_target(method: str, target: bytes) -> None:
-    """absolute-form for any method, authority-form for CONNECT only, asterisk-form
-    for OPTIONS only (RFC 9112 3.2)."""
-    if method == "CONNECT":
-        check_connect_target(target)
-    elif target == b"*":
-        if method != "OPTIONS":
-            raise ParseError(400, "asterisk-form target outside OPTIONS")
-    elif _absolute(target) is None:
-        raise ParseError(400, "invalid request target")
 
 
 def _keep_alive(http_version: str, connection: bytes) -> bool:

@@ -1,0 +1,40 @@
+"""valgrind (memcheck) over the compiled head splitter's tests: fails on any error
+whose stack passes through shardserve's own C code (_head.c).
+
+CPython itself shows false positives under valgrind (vectorised memcmp reading past a
+string's end, small-int checks), so errors elsewhere are counted and shown, not
+failed on.  Run from the repository root: python .ci/memcheck_head.py [python]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+python = sys.argv[1] if len(sys.argv) > 1 else ".venv/bin/python"
+with tempfile.TemporaryDirectory() as tmp:
+    log = os.path.join(tmp, "valgrind.log")
+    env = dict(os.environ, PYTHONMALLOC="malloc", HEAD_SPLIT_EXAMPLES="60")
+    tests = subprocess.run(
+        ["valgrind", "--leak-check=no", "--num-callers=40", f"--log-file={log}",
+         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_head_split.py"],
+        env=env,
+    )  # fmt: skip
+    with open(log, encoding="utf-8", errors="replace") as file:
+        text = file.read()
+# An error block: a line naming the error, then its stack, up to a blank "==pid== " line.
+blocks = re.split(r"\n==\d+== \n", text)
+errors = [
+    b for b in blocks if re.search(r"==\d+== (Invalid|Conditional|Use of|Syscall|Mismatched)", b)
+]
+ours = [b for b in errors if "_head.c" in b or "/_head.cpython" in b]
+print(f"memcheck: {len(errors)} error reports, {len(ours)} in shardserve's C code")
+for block in ours:
+    print(block)
+if tests.returncode != 0:
+    print("memcheck: the tests failed under valgrind", file=sys.stderr)
+    sys.exit(1)
+sys.exit(1 if ours else 0)
