@@ -12,6 +12,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -418,8 +419,12 @@ def test_every_entry_reaches_a_real_prometheus_exposition():
         "shardserve_shard_restarts",
         "shardserve_reloads",
         "shardserve_shards",
+        "shardserve_start_time_seconds",
     }
     assert set(families) == seen | rest
+    started = families["shardserve_start_time_seconds"]
+    assert started["type"] == "gauge"
+    assert abs(started[("shardserve_start_time_seconds", ())] - time.time()) < 600
 
 
 # Series dashboards rely on (names, types and help stay as they are): per shard and in
