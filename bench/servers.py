@@ -157,6 +157,13 @@ SERVERS: dict[str, ServerKind] = {
             protocols=ALL_PROTOCOLS,
         ),
         ServerKind(
+            "shardserve-python-uvloop",
+            "process shards on the pure-Python parser (and its compiled head splitter) and uvloop",
+            _shardserve("--http", "python", "--loop", "uvloop"),
+            pins=True,
+            protocols=ALL_PROTOCOLS,
+        ),
+        ServerKind(
             "shardserve-subinterpreter",
             "own-GIL subinterpreter shards (pure-Python parser, asyncio)",
             _shardserve("--shard-mode", "subinterpreter"),
