@@ -788,3 +788,15 @@ def test_absolute_form_target(serve, backend):
     assert first["query_string"] == "y=1"
     assert second["path"] == "/"
     assert second["query_string"] == ""
+
+
+def test_the_date_header_is_formatted_as_email_utils_would():
+    """state.http_date replaces email.utils.formatdate (not imported into shards)."""
+    import random
+    from email.utils import formatdate
+
+    from shardserve.shard.state import http_date
+
+    rng = random.Random(7)
+    for second in [0, 951782400, 1764515000, *(rng.randrange(0, 2**33) for _ in range(5000))]:
+        assert http_date(second) == formatdate(second, usegmt=True).encode(), second

@@ -27,12 +27,12 @@ from ..messages import MessageError, Spawn, Spawned, default_codec
 
 
 def preload() -> None:
-    import email.utils  # noqa: F401
     import logging.config  # noqa: F401
     import ssl  # noqa: F401
 
     from ..shard import process, server  # noqa: F401
     from ..shard.http import parser_h11, parser_httptools  # noqa: F401
+    from ..shard.ws import session  # noqa: F401  (shards load it with a first WebSocket)
 
     try:
         import uvloop  # noqa: F401

@@ -7,11 +7,11 @@ coarse clock, trusted proxies) instead of deriving them again.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from typing import Any
 
 from ..config import Config
@@ -85,13 +85,13 @@ class WebSocketSettings:
 
 
 def _websockets_available(choice: str) -> bool:
+    """Whether WebSockets are served: found, not imported (websockets, with the
+    importlib.metadata and email it pulls in, loads with a shard's first WebSocket)."""
     if choice == "none":
         return False
-    try:
-        import websockets  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("websockets") is None:
         if choice == "websockets":
-            raise
+            raise ImportError("--ws websockets: the websockets package is not installed")
         return False
     return True
 
@@ -162,7 +162,7 @@ class ShardState:
         second = int(time.time())
         if second != self._second:
             self._second = second
-            date = b"date: %s\r\n" % formatdate(second, usegmt=True).encode("ascii")
+            date = b"date: %s\r\n" % http_date(second)
             self._date = date if self._date_enabled else b""
             self.default_headers = self._server + self._date + self._custom
             self.h2_default_headers = [
@@ -200,3 +200,18 @@ def _header_line(header: str) -> bytes:
     if line.count(b"\n") != 1 or line.count(b"\r") != 1:
         raise ValueError(f"--header {header!r} contains CR or LF")
     return line
+
+
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+           b"Nov", b"Dec")  # fmt: skip
+
+
+def http_date(second: int) -> bytes:
+    """RFC 9110's IMF-fixdate (email.utils.formatdate's, without importing the email
+    package into every shard interpreter: half a megabyte each)."""
+    t = time.gmtime(second)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min,
+        t.tm_sec,
+    )  # fmt: skip

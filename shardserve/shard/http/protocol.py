@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from ..connection import WriteFlow
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
-from ..ws.session import WebSocketSession
 from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
 from .eager import eager_starter
 from .parser import ParseError
@@ -434,6 +433,8 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return True
         self.state.connections.discard(self)
         self.closed = True  # as far as this object is concerned: the session owns it now
+        from ..ws.session import WebSocketSession  # (websockets loads with the first one)
+
         session = WebSocketSession(self.state, self.transport, websocket_scope(scope))
         session.start(rest)
         return True
