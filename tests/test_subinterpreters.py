@@ -299,41 +299,58 @@ def test_a_crashed_subinterpreter_shard_is_restarted(serve):
     assert server.proc.poll() is None
 
 
+class NewConnectionLoad:
+    """Two threads, each a new connection per request (bounded: 30 s), recording
+    (when, the answer's ``field``) and failures, until ``stop``."""
+
+    def __init__(self, server, field: str) -> None:
+        self.server = server
+        self.field = field
+        self.failures: list[str] = []
+        self.answered: list[tuple[float, int]] = []
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self._load) for _ in range(2)]
+        for thread in self.threads:
+            thread.start()
+
+    def _load(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while not self.done.is_set() and time.monotonic() < deadline:
+            try:
+                with httpx.Client() as client:  # a new connection each time
+                    response = client.get(self.server.url + "/", timeout=5)
+                    assert response.status_code == 200
+                    self.answered.append((time.monotonic(), response.json()[self.field]))
+            except Exception as exc:  # noqa: BLE001 - counted
+                self.failures.append(repr(exc))
+
+    def stop(self) -> None:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(10)
+
+    def since(self, moment: float) -> set[int]:
+        return {who for when, who in self.answered if when > moment}
+
+
 def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
     import signal
 
-    import httpx
-
     server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
-    failures: list[str] = []
-    answered: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        deadline = time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                with httpx.Client() as client:  # a new connection each time
-                    answered.append((time.monotonic(), _whoami(server, client)))
-            except Exception as exc:  # noqa: BLE001 - counted
-                failures.append(repr(exc))
-
-    clients = [threading.Thread(target=load) for _ in range(2)]
-    for client in clients:
-        client.start()
+    load = NewConnectionLoad(server, "interpreter")
     try:
         time.sleep(1.0)
-        before = {who for _, who in answered}
+        before = load.since(0)
         server.signal(signal.SIGHUP)
         server.wait_for(r"Rolling restart complete\.", 20)
         restarted = time.monotonic()
         time.sleep(1.0)
     finally:
-        stop.set()
-        for client in clients:
-            client.join(10)
-    assert not failures, failures[:5]
-    after = {who for when, who in answered if when > restarted + 0.2}
+        load.stop()
+    assert not load.failures, load.failures[:5]
+    after = load.since(restarted + 0.2)
     assert after and not after & before, (before, after)
 
 
@@ -342,30 +359,11 @@ def test_in_place_upgrade_of_a_subinterpreter_server_fails_no_request(serve, tmp
     process (its shards are its own threads) drains and exits 0."""
     import signal
 
-    import httpx
-
     from serving import process_gone
 
     server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2",
                    "--control-socket", str(tmp_path / "c.sock"))  # fmt: skip
-    failures: list[str] = []
-    answered: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        deadline = time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                with httpx.Client() as client:  # a new connection each time
-                    response = client.get(server.url + "/", timeout=5)
-                    assert response.status_code == 200
-                    answered.append((time.monotonic(), response.json()["pid"]))
-            except Exception as exc:  # noqa: BLE001 - counted
-                failures.append(repr(exc))
-
-    clients = [threading.Thread(target=load) for _ in range(2)]
-    for client in clients:
-        client.start()
+    load = NewConnectionLoad(server, "pid")
     try:
         time.sleep(1.0)
         server.signal(signal.SIGUSR2)
@@ -376,11 +374,9 @@ def test_in_place_upgrade_of_a_subinterpreter_server_fails_no_request(serve, tmp
         exited = time.monotonic()
         time.sleep(1.0)
     finally:
-        stop.set()
-        for client in clients:
-            client.join(10)
-    assert not failures, failures[:5]
-    after = {who for when, who in answered if when > exited}
+        load.stop()
+    assert not load.failures, load.failures[:5]
+    after = load.since(exited)
     assert after == {new}, (after, new)  # (an interpreter shard's pid is its process's)
     assert not process_gone(new)
 

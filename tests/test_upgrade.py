@@ -404,19 +404,21 @@ def test_a_request_in_flight_is_answered_by_its_old_shard(serve, runtime):
 # 5. A WebSocket ---------------------------------------------------------------------------
 
 
+def websocket_server(serve, runtime, tmp_path, grace: int) -> tuple[Server, str]:
+    """apps.metered (a WebSocket echo) under --timeout-graceful-shutdown ``grace``, with
+    a control socket: the server and the socket's path."""
+    control = str(tmp_path / "c.sock")
+    server = start(
+        serve, runtime, "--control-socket", control,
+        "--timeout-graceful-shutdown", str(grace), app="apps.metered:app",
+    )  # fmt: skip
+    return server, control
+
+
 def test_an_open_websocket_keeps_echoing_until_the_client_closes_it(serve, runtime, tmp_path):
     from websockets.sync.client import connect as ws_connect
 
-    control = str(tmp_path / "c.sock")
-    server = start(
-        serve,
-        runtime,
-        "--control-socket",
-        control,
-        "--timeout-graceful-shutdown",
-        "60",
-        app="apps.metered:app",
-    )
+    server, control = websocket_server(serve, runtime, tmp_path, grace=60)
     family = children(server.pid)
     with ws_connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=5) as ws:
         ws.send("before")
@@ -440,16 +442,7 @@ def test_a_websocket_still_open_at_the_grace_deadline_gets_1012(serve, runtime, 
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect as ws_connect
 
-    control = str(tmp_path / "c.sock")
-    server = start(
-        serve,
-        runtime,
-        "--control-socket",
-        control,
-        "--timeout-graceful-shutdown",
-        "2",
-        app="apps.metered:app",
-    )
+    server, control = websocket_server(serve, runtime, tmp_path, grace=2)
     family = children(server.pid)
     with ws_connect(f"ws://127.0.0.1:{server.port}/echo", open_timeout=5) as ws:
         upgrade(server, "--control-socket", control, runtime=runtime)
