@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shardserve.shard.http.parser import Limits, ParseError
@@ -474,6 +474,19 @@ def _upgrade_with_body(raw: bytes) -> bool:
     )
 
 
+def _same_heads_to_the_switch(python: Outcome, other: Outcome) -> bool:
+    """Both report the same requests up to PythonParser's last, and the same head for
+    that one (an Upgrade or CONNECT): whatever PythonParser then makes of its body (it
+    may refuse it as a malformed body), llhttp has read it as the next bytes."""
+    count = len(python.requests)
+    if not count or len(other.requests) < count:
+        return False
+    last, theirs = python.requests[count - 1], other.requests[count - 1]
+    return python.requests[: count - 1] == other.requests[: count - 1] and (
+        last.head() == theirs.head()
+    )
+
+
 # PythonParser against HttptoolsParser (llhttp).
 HTTPTOOLS_KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference(
@@ -509,7 +522,9 @@ HTTPTOOLS_KNOWN_DIFFERENCES: list[KnownDifference] = [
     KnownDifference(
         "upgrade-with-body",
         _upgrade_with_body,
-        lambda python, other: python.requests[:-1] == other.requests[:-1],
+        lambda python, other: (
+            python.requests[:-1] == other.requests[:-1] or _same_heads_to_the_switch(python, other)
+        ),
         "llhttp ends an Upgrade or CONNECT request after its head and treats its body as "
         "the next protocol's bytes; PythonParser (as h11) reads the body first (RFC 9110 7.8: "
         "the switch happens after the request message; 9.3.6: CONNECT has no content).",
@@ -955,6 +970,10 @@ def test_python_parser_agrees_with_h11(raw):
 
 @examples(500)
 @given(streams)
+@example(  # (found by a CI run: CONNECT's chunked "body" is the next request to llhttp)
+    raw=b"CONNECT localhost:0 HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: localhost\r\n\r\n"
+    b"HEAD / HTTP/1.0\r\n\r\n"
+)
 def test_python_parser_agrees_with_httptools(raw):
     parser = python_parser()
     python = run(parser, [raw])
