@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import logging.config
 import sys
 
 from .config import Config, ConfigError
@@ -79,41 +77,14 @@ class DirectStreamHandler(logging.StreamHandler):
         return "INFO:     "
 
 
-DEFAULT_LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "default": {"()": LevelPrefixFormatter, "fmt": "%(levelprefix)s %(message)s"},
-        "access": {"()": LevelPrefixFormatter, "fmt": "%(levelprefix)s %(message)s"},
-    },
-    "handlers": {
-        "default": {
-            "formatter": "default",
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-        },
-        "access": {
-            "formatter": "access",
-            "()": DirectStreamHandler,
-            "stream": "ext://sys.stdout",
-        },
-    },
-    "loggers": {
-        "shardserve": {"handlers": ["default"], "level": "INFO", "propagate": False},
-        "shardserve.error": {"level": "INFO"},
-        "shardserve.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-    },
-}
+FORMAT = "%(levelprefix)s %(message)s"
 
 
 def configure_logging(config: Config) -> None:
     if config.log_config:
         _load_log_config(config.log_config)
     else:
-        settings = copy.deepcopy(DEFAULT_LOGGING)
-        for name, stream in (("default", sys.stderr), ("access", sys.stdout)):
-            settings["formatters"][name]["use_colors"] = _colours(config.use_colors, stream)
-        logging.config.dictConfig(settings)
+        _configure_default(config)
     if config.log_level:
         level = LEVELS[config.log_level]
         for name in ("shardserve", "shardserve.error", "shardserve.access"):
@@ -121,6 +92,36 @@ def configure_logging(config: Config) -> None:
     if not config.access_log:
         logging.getLogger("shardserve.access").handlers = []
         logging.getLogger("shardserve.access").propagate = False
+
+
+def _configure_default(config: Config) -> None:
+    """uvicorn's layout: "shardserve" (and "shardserve.error" under it) to stderr,
+    "shardserve.access" to stdout through DirectStreamHandler, at INFO, not propagated
+    to the root.  Set up by hand, not with logging.config.dictConfig: importing that
+    costs every subinterpreter shard about a megabyte."""
+    default = logging.StreamHandler(sys.stderr)
+    default.setFormatter(
+        LevelPrefixFormatter(FORMAT, use_colors=_colours(config.use_colors, sys.stderr))
+    )
+    access = DirectStreamHandler(sys.stdout)
+    access.setFormatter(
+        LevelPrefixFormatter(FORMAT, use_colors=_colours(config.use_colors, sys.stdout))
+    )
+    for name, handlers in (
+        ("shardserve", [default]),
+        ("shardserve.error", []),
+        ("shardserve.access", [access]),
+    ):
+        logger = logging.getLogger(name)
+        for old in logger.handlers[:]:
+            logger.removeHandler(old)
+            old.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.disabled = False
+        if handlers:
+            logger.propagate = False
 
 
 def _colours(use_colors: bool | None, stream) -> bool:
@@ -134,6 +135,8 @@ def _colours(use_colors: bool | None, stream) -> bool:
 
 
 def _load_log_config(path: str) -> None:
+    import logging.config
+
     try:
         if path.endswith(".json"):
             with open(path, encoding="utf-8") as file:
