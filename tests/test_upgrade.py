@@ -677,3 +677,23 @@ def test_a_second_upgrade_while_one_runs_is_refused(serve, runtime, tmp_path):
     old_coordinator_exits(server, family)
     assert len(matches(server, NEW_COORDINATOR)) == 1, server.output
     assert fetch(server)["pid"] in shards_of(server, new)
+
+
+def test_stopping_during_an_upgrade_stops_the_new_coordinator_too(serve, runtime, tmp_path):
+    """SIGTERM while the new coordinator's shards still start: it is stopped with the
+    old one (no server is left running that nobody asked for), and the upgrade
+    command reports the failure."""
+    control = str(tmp_path / "c.sock")
+    server = start(
+        serve, runtime, "--control-socket", control, env={"LIFECYCLE_STARTUP_DELAY": "2"}
+    )
+    family = children(server.pid)
+    with UpgradeCommand(server, "--control-socket", control, runtime=runtime) as command:
+        new = command.new_pid()
+        server.signal(signal.SIGTERM)
+        code, out, err = command.finish()
+    assert code == 1 and "upgrade failed: this server is stopping" in err, (out, err)
+    old_coordinator_exits(server, family)
+    assert wait_gone(new, 15), f"the new coordinator {new} outlived the stop:\n{server.output}"
+    assert len(matches(server, r"Upgrade failed: ")) == 1, server.output
+    assert not matches(server, r"Upgrade complete"), server.output
