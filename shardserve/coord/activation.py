@@ -35,10 +35,6 @@ class Activation:
     group: bool | None = None  # (a handover says; for systemd's, ``reuseport`` finds out)
 
     @property
-    def by_systemd(self) -> bool:
-        return self.group is None
-
-    @property
     def reuseport(self) -> bool:
         """The sockets are an SO_REUSEPORT group shards take one each of, joined by
         shards beyond its size: one TCP socket with SO_REUSEPORT on, from systemd."""

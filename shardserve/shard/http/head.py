@@ -8,7 +8,8 @@ target and HTTP/1.x; each Host, Content-Length, Transfer-Encoding and Connection
 most once), and None for anything else, errors included, which the reference then
 parses, so every error and every rare form has one implementation.  It loads in
 own-GIL subinterpreters (multi-phase initialisation, no global state), where
-httptools cannot.  ``SHARDSERVE_PURE_PYTHON=1`` leaves it out (CI runs the HTTP tests
+httptools cannot.  Without it ``split_fast`` is the reference itself.
+``SHARDSERVE_PURE_PYTHON=1`` leaves it out (CI runs the HTTP tests
 both ways); tests/test_head_split.py holds the two to each other.
 """
 
@@ -180,14 +181,8 @@ def _accelerator() -> Callable[[bytes, int, int, int], Fields | None] | None:
     return compiled
 
 
-split_fast = _accelerator()
-
-
-def split_reference(head: bytes, request_line: int, field_size: int, fields: int) -> None:
-    """What ``split_fast`` is without the accelerator: leave every head to the reference."""
-    return None
-
-
-if split_fast is None:
-    split_fast = split_reference
-ACCELERATED = split_fast is not split_reference
+_compiled = _accelerator()
+ACCELERATED = _compiled is not None
+# The compiled splitter (a tuple, or None: ask the reference), or without it the
+# reference itself, so that a head is never split twice.
+split_fast = _compiled if _compiled is not None else split_head

@@ -217,7 +217,7 @@ class PythonParser:
         and return the state its body puts the parser in."""
         limits = self.limits
         fields = split_fast(head, limits.request_line, limits.field_size, limits.fields)
-        if fields is None:  # (no accelerator, or a head it leaves to the reference)
+        if fields is None:  # (a head the compiled splitter leaves to the reference)
             fields = split_head(head, limits.request_line, limits.field_size, limits.fields)
         (method, target, http_version, headers, host, content_length, transfer_encoding,
          connection, upgrade) = fields  # fmt: skip
