@@ -1,15 +1,19 @@
-"""The one compiled module (optional): shardserve runs without it, on the pure-Python
-reference it mirrors (shardserve/shard/http/head.py says which and why)."""
+"""The compiled modules (optional): shardserve runs without them, on the pure-Python
+reference each mirrors (shardserve/shard/http/head.py and cycle.py say which and why).
+Each is built on its own: one that fails to build leaves the other."""
 
 from setuptools import Extension, setup
+
+COMPILE_ARGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 setup(
     ext_modules=[
         Extension(
-            "shardserve.shard.http._head",
-            ["shardserve/shard/http/_head.c"],
+            f"shardserve.shard.http.{name}",
+            [f"shardserve/shard/http/{name}.c"],
             optional=True,  # no compiler, no headers: install anyway, pure Python
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=COMPILE_ARGS,
         )
+        for name in ("_head", "_send")
     ]
 )

@@ -11,6 +11,11 @@ so that a typical response leaves in one write, and an app that fails between
 
 This is the hot path: each request runs ``RequestCycle()``, ``run``, two ``send``
 calls and usually one ``receive``; keep them free of work that could be done once.
+
+``send`` here is the reference.  Where ``_send.c`` is built, ``RequestCycle.send`` is
+its FastSend: the common response (a start with a Content-Length, then one body that
+completes it) is written in C and ``await send(...)`` ends at once; every other
+message, and every subclass (``H2Exchange``), goes to this ``send``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from asyncio import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from . import compiled
 from .response import (
     CONNECTION,
     CONTENT_LENGTH,
@@ -236,6 +242,8 @@ class RequestCycle:
             )
         )
 
+    reference_send = send  # (RequestCycle.send is FastSend's where _send.c is built)
+
     def _trailers_due(self) -> bool:
         """Whether an http.response.trailers message may come now (HTTP/1.1: never;
         the extension is not offered)."""
@@ -373,3 +381,14 @@ class RequestCycle:
 
 
 _rendered_get = _rendered.get
+
+
+def _fast_send() -> None:
+    module = compiled.load("_send")
+    if module is not None:
+        RequestCycle.send = module.FastSend(
+            RequestCycle.reference_send, RequestCycle, STATUS_LINES, _rendered, _CLOSE
+        )
+
+
+_fast_send()

@@ -15,10 +15,9 @@ both ways); tests/test_head_split.py holds the two to each other.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 
+from . import compiled
 from .framing import check_connect_target
 from .framing import token as _token
 from .parser import INTERNED_METHODS, REQUEST_LINE_EXTRA, ParseError
@@ -171,17 +170,8 @@ def _check_other_target(method: str, target: bytes) -> None:
         raise ParseError(400, "invalid request target")
 
 
-def _accelerator() -> Callable[[bytes, int, int, int], Fields | None] | None:
-    if os.environ.get("SHARDSERVE_PURE_PYTHON") == "1":
-        return None
-    try:
-        from ._head import split_head as compiled
-    except ImportError:  # (not built: no compiler at install, or another interpreter)
-        return None
-    return compiled
-
-
-_compiled = _accelerator()
+_module = compiled.load("_head")
+_compiled = None if _module is None else _module.split_head
 ACCELERATED = _compiled is not None
 # The compiled splitter (a tuple, or None: ask the reference), or without it the
 # reference itself, so that a head is never split twice.
