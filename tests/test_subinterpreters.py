@@ -259,9 +259,9 @@ def test_subinterpreter_shards_serve_a_starlette_app_in_one_process(serve):
     assert server.output.count("Finished shard") == 2
 
 
-def test_the_compiled_head_splitter_loads_in_every_subinterpreter_shard(serve):
-    """_head.c is built for multi-phase init and a per-interpreter GIL: each own-GIL
-    interpreter imports its own copy (with httptools and uvloop, none loads)."""
+def test_the_compiled_modules_load_in_every_subinterpreter_shard(serve):
+    """_head.c and _send.c are built for multi-phase init and a per-interpreter GIL:
+    each own-GIL interpreter imports its own copy (of httptools and uvloop, none loads)."""
     import httpx
 
     server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
@@ -269,7 +269,7 @@ def test_the_compiled_head_splitter_loads_in_every_subinterpreter_shard(serve):
     for _ in range(40):
         with httpx.Client() as client:  # (a new connection each time: both shards answer)
             answer = client.get(server.url + "/", timeout=5).json()
-        seen[answer["interpreter"]] = answer["head_split_compiled"]
+        seen[answer["interpreter"]] = answer["head_split_compiled"] and answer["send_compiled"]
         if len(seen) == 2:
             break
     assert len(seen) == 2 and all(seen.values()), seen

@@ -20,6 +20,7 @@ def _interpreter_id() -> int:
 
 async def whoami(request):
     from shardserve.shard.http import head
+    from shardserve.shard.http.cycle import RequestCycle
 
     return JSONResponse(
         {
@@ -27,6 +28,7 @@ async def whoami(request):
             "pid": os.getpid(),
             "thread": threading.get_native_id(),
             "head_split_compiled": head.ACCELERATED,  # (_head.c loaded in this interpreter)
+            "send_compiled": type(RequestCycle.__dict__["send"]).__name__ == "FastSend",  # _send.c
         }
     )
 
