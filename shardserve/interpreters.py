@@ -4,11 +4,19 @@ Python 3.14 ships ``concurrent.interpreters``; Python 3.13 needs the PyPI packag
 ``interpreters-pep-734`` (``interpreters_backport``); older Pythons have neither.  The
 two differ in how queues are made and where their exceptions live, which only this
 module knows.  Imported by the coordinator and, inside a subinterpreter, by a shard.
+
+Neither high-level ``create()`` takes a configuration: it always makes the
+"isolated" kind (own GIL, own module state, extensions checked), which also forbids
+daemon threads, and asgiref (so Django) starts one per request.  Both Pythons'
+low-level ``_interpreters.create(config, reqrefs=True)`` takes one (3.13 and 3.14
+alike; ``new_config("isolated", allow_daemon_threads=True)``); the high-level
+``Interpreter(id, _ownsref=True)`` then wraps the id exactly as ``create()`` does.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,20 +53,32 @@ def load() -> SimpleNamespace:
         from interpreters_backport.interpreters import queues
 
         return SimpleNamespace(
-            create=interpreters.create,
+            create=partial(_create, interpreters),
             create_queue=queues.create,
             ExecutionFailed=interpreters.ExecutionFailed,
             QueueEmpty=queues.QueueEmpty,
             queues_module="interpreters_backport.interpreters.queues",
         )
     return SimpleNamespace(
-        create=interpreters.create,
+        create=partial(_create, interpreters),
         create_queue=interpreters.create_queue,
         ExecutionFailed=interpreters.ExecutionFailed,
         QueueEmpty=getattr(interpreters, "QueueEmpty", None)
         or getattr(interpreters, "QueueEmptyError", Exception),
         queues_module="concurrent.interpreters",
     )
+
+
+def _create(module: Any) -> Any:
+    """A new interpreter of the isolated kind (its own GIL and module state,
+    ``check_multi_interp_extensions`` on, so extensions that cannot live there are
+    still refused) that also allows daemon threads.  Its daemon threads must have
+    ended before it is closed: CPython aborts the process otherwise
+    (``coord/subinterpreters.py`` sees to it)."""
+    import _interpreters  # (3.13: the backport has imported it; 3.14: built in)
+
+    config = _interpreters.new_config("isolated", allow_daemon_threads=True)
+    return module.Interpreter(_interpreters.create(config, reqrefs=True), _ownsref=True)
 
 
 def require() -> SimpleNamespace:

@@ -300,12 +300,17 @@ def test_a_crashed_subinterpreter_shard_is_restarted(serve):
 
 
 class NewConnectionLoad:
-    """Two threads, each a new connection per request (bounded: 30 s), recording
-    (when, the answer's ``field``) and failures, until ``stop``."""
+    """Two threads, each a new connection per request (bounded: 30 s and ``limit``
+    requests each), cycling through ``paths`` and recording (when, the answer's
+    ``field``) and failures, until ``stop``."""
 
-    def __init__(self, server, field: str) -> None:
+    def __init__(
+        self, server, field: str, paths: tuple[str, ...] = ("/",), limit: int = 20_000
+    ) -> None:
         self.server = server
         self.field = field
+        self.paths = paths
+        self.limit = limit
         self.failures: list[str] = []
         self.answered: list[tuple[float, int]] = []
         self.done = threading.Event()
@@ -317,14 +322,17 @@ class NewConnectionLoad:
         import httpx
 
         deadline = time.monotonic() + 30
-        while not self.done.is_set() and time.monotonic() < deadline:
+        for count in range(self.limit):
+            if self.done.is_set() or time.monotonic() > deadline:
+                break
+            path = self.paths[count % len(self.paths)]
             try:
                 with httpx.Client() as client:  # a new connection each time
-                    response = client.get(self.server.url + "/", timeout=5)
-                    assert response.status_code == 200
+                    response = client.get(self.server.url + path, timeout=5)
+                    assert response.status_code == 200, (path, response.status_code)
                     self.answered.append((time.monotonic(), response.json()[self.field]))
             except Exception as exc:  # noqa: BLE001 - counted
-                self.failures.append(repr(exc))
+                self.failures.append(f"{path}: {exc!r}")
 
     def stop(self) -> None:
         self.done.set()

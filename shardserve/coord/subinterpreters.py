@@ -5,10 +5,19 @@ A subinterpreter shard is a thread of the coordinator's process running
 ``QueueChannel``: an interpreters queue each way plus a doorbell socketpair.  Its
 listeners are dups of the coordinator's.  It cannot be killed: a stuck one can only
 be asked to stop (see docs/architecture.md).
+
+An interpreter is finalized by the thread that ran it, once its shard has ended and
+the threads its app started have ended too (``shard.subinterpreter.end_threads``):
+CPython aborts the process if one still runs then.  One whose threads will not end
+is reported and left unfinalized; so that the process's own finalization does not
+abort on it either, the process then ends with ``os._exit`` once everything else is
+done (``_exit_without_finalizing``).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import re
 import socket
@@ -20,6 +29,8 @@ from typing import Any
 from ..errors import StartupError
 from ..interpreters import prepare_queues, require
 
+logger = logging.getLogger("shardserve.error")
+
 # Run in the new interpreter: the same import path as ours, then the shard.
 _SHARD_MAIN = """\
 import sys
@@ -28,12 +39,27 @@ from shardserve.shard.subinterpreter import main
 main(configure, listener_fds, bell_fd, inbox, outbox)
 """
 
+# Run in it once the shard has ended, before it is finalized.
+_END_THREADS = """\
+from shardserve.shard.subinterpreter import end_shard_threads
+end_shard_threads(configure)
+"""
+
 _PREFLIGHT = """\
 import sys
 sys.path[:] = paths.split("\\0")
 from shardserve.importer import load_app
 load_app(app, factory=factory, app_dir=app_dir)
 """
+
+# A throwaway import has nothing to finish: its threads are ended at once.
+_PREFLIGHT_END_THREADS = """\
+from shardserve.shard.subinterpreter import end_threads
+end_threads(0, report_overdue=False)
+"""
+
+# At the process's exit, how long a shard still serving (its loop stuck) is waited for.
+STUCK_SECONDS = 1.0
 
 _REFUSES = re.compile(r"module '?([\w.]+)'? does not support loading in subinterpreters")
 
@@ -48,13 +74,111 @@ class RunningInterpreter:
         self.failure: str | None = None
 
     def close(self) -> None:
-        """Destroy the interpreter once its thread has ended."""
-        if self.interp is not None and (self.thread is None or not self.thread.is_alive()):
-            try:
-                self.interp.close()
-            except Exception:  # noqa: BLE001 - already gone, or still busy: nothing to free
-                pass
+        """Destroy an interpreter whose thread never started; one that ran is
+        finalized by its own thread, after its app's threads (``_finish``)."""
+        if self.interp is not None and self.thread is None:
+            _finish(self.interp, "an unstarted shard", None)
             self.interp = None
+
+
+# Threads running a shard's interpreter ("serving") or ending it ("ending"), and
+# interpreters left unfinalized because threads in them would not end (held: the
+# last reference to one dropped destroys it, which would abort the process).
+_hosts: dict[threading.Thread, str] = {}
+_left: list[tuple[str, Any]] = []
+_lock = threading.Lock()
+_exit_hook = False
+
+
+def _finish(interp: Any, who: str, end_threads: str | None) -> None:
+    """Run ``end_threads`` in ``interp`` (the app's threads end), then finalize it;
+    or leave it, with one line saying why, if they would not end."""
+    api = require()
+    if end_threads is not None:
+        try:
+            interp.exec(end_threads)
+        except api.ExecutionFailed as exc:
+            info = getattr(exc, "excinfo", None)
+            kind = getattr(getattr(info, "type", None), "__name__", "")
+            reason = info.msg if kind in ("ThreadsStopped", "ThreadsLeft") else _one_line(exc)
+            if kind != "ThreadsStopped":
+                logger.error(
+                    "%s: %s; its interpreter is left unfinalized (the process will "
+                    "exit without finalizing it).",
+                    who,
+                    reason,
+                )
+                _leave(who, interp)
+                return
+            logger.warning("%s: %s.", who, reason)
+    try:
+        interp.close()
+    except Exception as exc:  # noqa: BLE001 - reported; nothing more to free
+        logger.error("%s: its interpreter could not be finalized (%s).", who, exc)
+        _leave(who, interp)
+
+
+def _leave(who: str, interp: Any) -> None:
+    _register_exit_hook()
+    with _lock:
+        _left.append((who, interp))
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook
+    with _lock:
+        if not _exit_hook:
+            atexit.register(_exit_without_finalizing)
+            _exit_hook = True
+
+
+def _exit_without_finalizing() -> None:
+    """At the process's exit (atexit runs after threading has joined non-daemon
+    threads, before subinterpreters are finalized): wait for shards still ending
+    their threads, then, if an interpreter could not be finalized or a shard's
+    thread is stuck in one, end the process without finalizing them."""
+    with _lock:
+        hosts = dict(_hosts)
+    for thread, phase in hosts.items():
+        # Ending: bounded by the grace time, then SystemExit's unwinding.  Still
+        # serving: stuck (the supervisor has given up on it), or about to end.
+        thread.join(None if phase == "ending" else STUCK_SECONDS)
+    with _lock:
+        left = [who for who, _ in _left]
+        left += [f"{thread.name} (stuck)" for thread in _hosts]
+    if not left:
+        return
+    logger.error(
+        "Exiting without finalizing %d subinterpreter(s) whose threads did not end (%s).",
+        len(left),
+        ", ".join(left),
+    )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - exiting anyway
+            pass
+    os._exit(1)
+
+
+def _host(run: Callable[[], None], name: str) -> threading.Thread:
+    """Start the thread that runs (then ends) a shard's interpreter; the process's
+    exit waits for it (``_exit_without_finalizing``)."""
+    _register_exit_hook()
+
+    def hosted() -> None:
+        try:
+            run()
+        finally:
+            with _lock:
+                _hosts.pop(thread, None)
+
+    thread = threading.Thread(target=hosted, name=name, daemon=True)
+    with _lock:
+        _hosts[thread] = "serving"
+    thread.start()
+    return thread
 
 
 def start_interpreter_shard(
@@ -89,6 +213,8 @@ def start_interpreter_shard(
         handle.close()
         raise
 
+    who = f"Shard {name.rpartition('-')[2]} [subinterpreter]"
+
     def run() -> None:
         code, error = 0, None
         try:
@@ -97,10 +223,16 @@ def start_interpreter_shard(
             code, error = 1, _one_line(exc)
         except BaseException as exc:  # noqa: BLE001 - reported through on_end
             code, error = 1, f"{type(exc).__name__}: {exc}"
-        on_end(code, error)
+        with _lock:
+            _hosts[threading.current_thread()] = "ending"
+        try:
+            on_end(code, error)  # (the shard is done: the supervisor need not wait)
+        except RuntimeError:
+            pass  # the coordinator's loop is closed: it is exiting, and waits for us
+        _finish(interp, who, _END_THREADS)
+        handle.interp = None
 
-    handle.thread = threading.Thread(target=run, name=name, daemon=True)
-    handle.thread.start()
+    handle.thread = _host(run, name)
     return handle, to_shard, to_coordinator, ours
 
 
@@ -121,7 +253,7 @@ def preflight(app: str, factory: bool, app_dir: str) -> None:
             f"subinterpreter ({culprit}); use --shard-mode process"
         ) from None
     finally:
-        interp.close()
+        _finish(interp, "The app's preflight import", _PREFLIGHT_END_THREADS)
 
 
 def _one_line(exc: BaseException) -> str:
