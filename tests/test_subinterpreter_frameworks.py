@@ -102,7 +102,31 @@ def test_a_thread_that_cannot_end_is_reported_and_never_aborts_the_process(serve
     left = [line for line in server.lines if "left unfinalized" in line]
     assert len(left) == 1, server.output
     assert "'stuck-daemon' (daemon)" in left[0] and "looping-daemon" not in left[0], left
-    assert "Exiting without finalizing 1 subinterpreter(s)" in server.output
+    assert (
+        "Exiting with status 1 without finalizing 1 subinterpreter(s) that would not end: "
+        "Shard 0 [subinterpreter] (its threads)." in server.output
+    ), server.output
+
+
+def test_a_shard_whose_loop_is_stuck_never_aborts_the_process_at_exit(serve):
+    """A shard's event loop blocked in the app: it cannot be killed (a thread), the
+    stop gives up on it after the grace time, and the process exits without
+    finalizing its interpreter (which CPython would abort on): status 1, one line."""
+    import httpx
+
+    server = serve(
+        "apps.threads:app", *SUBINTERPRETERS, "--shards", "1",
+        "--timeout-graceful-shutdown", "0.5",
+    )  # fmt: skip
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(server.url + "/block", timeout=1)
+    assert server.stop(40) == 1, server.output
+    _clean(server.output)
+    assert "is stuck and cannot be killed" in server.output, server.output
+    assert (
+        "without finalizing 1 subinterpreter(s) that would not end: "
+        "Shard 0 [subinterpreter] (its event loop)." in server.output
+    ), server.output
 
 
 # Django -------------------------------------------------------------------------------

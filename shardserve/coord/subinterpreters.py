@@ -144,12 +144,12 @@ def _exit_without_finalizing() -> None:
         # serving: stuck (the supervisor has given up on it), or about to end.
         thread.join(None if phase == "ending" else STUCK_SECONDS)
     with _lock:
-        left = [who for who, _ in _left]
-        left += [f"{thread.name} (stuck)" for thread in _hosts]
+        left = [f"{who} (its threads)" for who, _ in _left]
+        left += [f"{_who(thread.name)} (its event loop)" for thread in _hosts]
     if not left:
         return
     logger.error(
-        "Exiting without finalizing %d subinterpreter(s) whose threads did not end (%s).",
+        "Exiting with status 1 without finalizing %d subinterpreter(s) that would not end: %s.",
         len(left),
         ", ".join(left),
     )
@@ -213,7 +213,7 @@ def start_interpreter_shard(
         handle.close()
         raise
 
-    who = f"Shard {name.rpartition('-')[2]} [subinterpreter]"
+    who = _who(name)
 
     def run() -> None:
         code, error = 0, None
@@ -254,6 +254,11 @@ def preflight(app: str, factory: bool, app_dir: str) -> None:
         ) from None
     finally:
         _finish(interp, "The app's preflight import", _PREFLIGHT_END_THREADS)
+
+
+def _who(name: str) -> str:
+    """A shard as the log names it, from its thread's name ("shardserve-INDEX")."""
+    return f"Shard {name.rpartition('-')[2]} [subinterpreter]"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ subinterpreter shards safely (tests/test_subinterpreter_frameworks.py).
 - ``/polite``: a non-daemon thread that ends when the app's lifespan shuts down;
 - ``/stuck``: a daemon thread blocked in C for ever (an Event nobody sets): no
   exception can reach it, so its interpreter cannot be finalized;
+- ``/block``: blocks the shard's event loop for ten minutes (a stuck shard);
 - anything else: which interpreter answered and how many threads it runs.
 """
 
@@ -56,6 +57,8 @@ async def app(scope, receive, send):
                 _stopping.set()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/block":
+        time.sleep(600)
     starter = STARTERS.get(scope["path"])
     if starter is not None:
         starter().start()
