@@ -21,12 +21,17 @@ import threading
 import time
 from typing import Any
 
-from ..control import QueueChannel, post
-from ..messages import Configure, JsonCodec
-from .hosted import run_hosted_shard
+# (The shard itself is imported by ``main``: the preflight's throwaway interpreter
+# runs ``end_threads`` alone, and need not load it.)
 
 
 def main(configure_payload: bytes, listener_fds: str, bell_fd: int, inbox: Any, outbox: Any) -> int:
+    """Serve as the shard ``configure_payload`` describes until told to stop; returns
+    its exit code (the coordinator learns how it ended from its last messages)."""
+    from ..control import QueueChannel, post
+    from ..messages import Configure, JsonCodec
+    from .hosted import run_hosted_shard
+
     _act_as_main_thread()
     codec = JsonCodec()
     configure = codec.decode(configure_payload)
@@ -86,6 +91,8 @@ class ThreadsLeft(Exception):
 def end_shard_threads(configure_payload: bytes) -> None:
     """``end_threads`` for a shard whose ``main`` has returned, within its
     --timeout-graceful-shutdown."""
+    from ..messages import JsonCodec
+
     configure = JsonCodec().decode(configure_payload)
     grace = configure.config.get("timeout_graceful_shutdown")
     _keep_this_thread_known()
