@@ -19,7 +19,7 @@ def _interpreter_id() -> int:
 
 
 async def whoami(request):
-    from shardserve.shard.http import head
+    from shardserve.shard.http import head, scope
     from shardserve.shard.http.cycle import RequestCycle
 
     return JSONResponse(
@@ -29,6 +29,7 @@ async def whoami(request):
             "thread": threading.get_native_id(),
             "head_split_compiled": head.ACCELERATED,  # (_head.c loaded in this interpreter)
             "send_compiled": type(RequestCycle.__dict__["send"]).__name__ == "FastSend",  # _send.c
+            "scope_compiled": scope.account is not scope.reference_account,  # _scope.c
         }
     )
 

@@ -2,6 +2,10 @@
 HTTP/1.1 connection (``protocol.py``) and the HTTP/2 streams (``../h2/``).
 
 Hot path: ``request_scope`` runs once per request and ``account`` once per response.
+Both are the references; where ``_scope.c`` is built, the names are rebound to its
+twins, which do the common case in C (no --root-path, a path without '%', proxy
+headers applied by the one ``apply_proxy_headers``; no access log, no
+--limit-max-requests) and call these for everything else.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from urllib.parse import unquote
 
 from ...messages import LATENCY_BUCKETS
 from ..state import METHOD_SLOTS, OTHER_SLOT
+from . import compiled
 from .parser import ParseError
-from .proxy import apply_proxy_headers
+from .proxy import PROXY_HEADERS, apply_proxy_headers
 
 if TYPE_CHECKING:
     from ..state import ShardState
@@ -139,3 +144,21 @@ def address(value) -> tuple | None:
     if isinstance(value, str) and value:
         return (value, None)
     return None
+
+
+reference_request_scope = request_scope
+reference_account = account
+_compiled = compiled.load("_scope")
+if _compiled is not None:
+    _twins = _compiled.Twins(
+        request_scope,
+        account,
+        tuple(LATENCY_BUCKETS),
+        METHOD_SLOTS,
+        OTHER_SLOT,
+        perf_counter,
+        apply_proxy_headers,
+        PROXY_HEADERS,
+    )
+    request_scope = _twins.request_scope
+    account = _twins.account
