@@ -27,7 +27,7 @@ from shardserve.shard.http import cycle as cycle_module
 from shardserve.shard.http.cycle import RequestCycle
 from shardserve.shard.http.protocol import HttpConnection
 from shardserve.shard.http.response import _rendered
-from shardserve.shard.state import ShardState
+from shardserve.shard.state import ShardCounters, ShardState
 
 try:
     from shardserve.shard.http._send import FastSend
@@ -87,7 +87,13 @@ class Counting:
 
 def fast_send(reference=RequestCycle.reference_send):
     return FastSend(
-        reference, RequestCycle, cycle_module.STATUS_LINES, _rendered, cycle_module._CLOSE
+        reference,
+        RequestCycle,
+        HttpConnection,
+        ShardCounters,
+        cycle_module.STATUS_LINES,
+        _rendered,
+        cycle_module._CLOSE,
     )
 
 
@@ -317,8 +323,26 @@ def test_a_class_without_the_slots_is_refused():
     class Loose:
         pass
 
-    with pytest.raises(TypeError, match="__slots__"):
-        FastSend(RequestCycle.reference_send, Loose, {}, {}, b"")
+    for classes in [(Loose, HttpConnection, ShardCounters), (RequestCycle, Loose, ShardCounters),
+                    (RequestCycle, HttpConnection, Loose)]:  # fmt: skip
+        with pytest.raises(TypeError, match="__slots__"):
+            FastSend(RequestCycle.reference_send, *classes, {}, {}, b"")
+    with pytest.raises(TypeError, match="not a class"):
+        FastSend(RequestCycle.reference_send, RequestCycle, "x", ShardCounters, {}, {}, b"")
+
+
+def test_another_connection_class_gets_the_reference():
+    """A connection of another class (a subclass too): its slots may lie elsewhere."""
+
+    class Other(HttpConnection):
+        __slots__ = ("extra",)
+
+    counting = Counting()
+    cycle = RequestCycle.__new__(RequestCycle)
+    cycle.conn = Other.__new__(Other)
+    coroutine = fast_send(counting).__get__(cycle, RequestCycle)({"type": "http.response.body"})
+    assert counting.calls == 1
+    coroutine.close()
 
 
 def test_no_object_is_leaked_on_any_path():

@@ -2,8 +2,8 @@
  * app sends: http.response.start with a Content-Length, then one http.response.body
  * that completes it.
  *
- * FastSend(reference, owner, status_lines, rendered, close_line) is a descriptor put
- * in place of RequestCycle.send: ``cycle.send`` gives a bound sender.  Calling it
+ * FastSend(reference, owner, connection_class, counters_class, status_lines, rendered,
+ * close_line) is a descriptor put in place of RequestCycle.send: ``cycle.send`` gives a bound sender.  Calling it
  * with a message does what the reference would (same bytes written, same attributes
  * set on the cycle, the same calls to the connection) when the message is one it
  * takes, and returns an awaitable that is already done.  For anything else (another
@@ -35,9 +35,10 @@ enum { PLAIN = 0, CONTENT_LENGTH = 1 };
 /* The reference writes a head and a body this large or larger in two writes. */
 #define ONE_WRITE_LIMIT 65536
 
-/* The __slots__ read and written, of RequestCycle, HttpConnection and Counters.  They
- * are reached at their offsets, as their member descriptors reach them, once those
- * were found to be plain object slots of the exact classes in hand. */
+/* The __slots__ read and written, of RequestCycle, HttpConnection and ShardCounters.
+ * They are reached at their offsets, as their member descriptors reach them: found
+ * once, when the FastSend is made, to be plain object slots of the classes it is
+ * given; objects of any other class (a subclass too) go to the reference. */
 #define CYCLE_SLOTS(X)                                                                     \
     X(conn) X(state) X(scope) X(keep_alive) X(status) X(head) X(no_body) X(chunked)       \
     X(remaining) X(request) X(waiter)
@@ -80,8 +81,8 @@ typedef struct {
     PyObject *rendered;     /* dict: header tuple -> (line, kind, argument) */
     PyObject *close_line;   /* b"connection: close\r\n" */
     slot_table cycle;       /* of the one class taken fast (not its subclasses) */
-    slot_table conn;        /* of the last connection class seen */
-    slot_table counters;
+    slot_table conn;        /* of its connection class (HttpConnection) */
+    slot_table counters;    /* of the counters class (ShardCounters) */
 } FastSend;
 
 /* A sender bound to one cycle. */
@@ -100,15 +101,19 @@ static inline send_state *state_of(PyTypeObject *type)
 }
 
 /* Find the offsets of ``names`` in ``type``: 0 when each is a writable object slot
- * (a member descriptor), else -1 with the table left empty (no error set). */
-static int find_slots(slot_table *table, PyTypeObject *type, PyObject **names, int count)
+ * (a member descriptor), else -1 with a TypeError.  Once, when a FastSend is made:
+ * the tables never change after (nothing to race on where there is no GIL). */
+static int find_slots(slot_table *table, PyObject *type, PyObject **names, int count)
 {
-    Py_CLEAR(table->type);
+    if (!PyType_Check(type)) {
+        PyErr_Format(PyExc_TypeError, "%R is not a class", type);
+        return -1;
+    }
     for (int i = 0; i < count; i++) {
-        PyObject *descr = PyObject_GetAttr((PyObject *)type, names[i]);
+        PyObject *descr = PyObject_GetAttr(type, names[i]);
         if (descr == NULL) {
             PyErr_Clear();
-            return -1;
+            descr = Py_NewRef(Py_None);
         }
         int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type);
         if (plain) {
@@ -117,22 +122,13 @@ static int find_slots(slot_table *table, PyTypeObject *type, PyObject **names, i
             table->offsets[i] = member->offset;
         }
         Py_DECREF(descr);
-        if (!plain)
+        if (!plain) {
+            PyErr_Format(PyExc_TypeError, "%R does not keep %R in __slots__", type, names[i]);
             return -1;
+        }
     }
-    table->type = Py_NewRef((PyObject *)type);
+    table->type = Py_NewRef(type);
     return 0;
-}
-
-/* The table for ``obj``'s class, found now if it is not the last one seen; NULL if its
- * class does not have them all as plain slots. */
-static slot_table *slots_of(slot_table *table, PyObject *obj, PyObject **names, int count)
-{
-    if (table->type == (PyObject *)Py_TYPE(obj))
-        return table;
-    if (find_slots(table, Py_TYPE(obj), names, count) < 0)
-        return NULL;
-    return table;
 }
 
 /* Store a new reference in a slot (what the member descriptor's setter does). */
@@ -291,9 +287,8 @@ static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_ta
         return -1;
     }
     Py_DECREF(written);
-    PyObject *names[N_COUNTER] = {st->bytes_out};
-    slot_table *ct = slots_of(&fast->counters, counters, names, N_COUNTER);
-    PyObject *total = ct == NULL ? NULL : SLOT(counters, *ct, bytes_out);
+    slot_table *ct = &fast->counters; /* (its class checked before this was taken) */
+    PyObject *total = SLOT(counters, *ct, bytes_out);
     if (total == NULL) {
         PyErr_SetString(PyExc_AttributeError, "counters without bytes_out");
         Py_DECREF(counters);
@@ -445,14 +440,13 @@ static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, siz
     if ((PyObject *)Py_TYPE(cycle) == fast->cycle.type && PyDict_CheckExact(message)) {
         send_state *st = state_of(Py_TYPE(self));
         PyObject *conn = SLOT(cycle, fast->cycle, conn);
-        PyObject *names[N_CONN] = {
-#define NAME(name) st->name,
-            CONN_SLOTS(NAME)
-#undef NAME
-        };
-        slot_table *cn = conn == NULL ? NULL : slots_of(&fast->conn, conn, names, N_CONN);
+        slot_table *cn = &fast->conn;
+        PyObject *counters = NULL;
+        if (conn != NULL && (PyObject *)Py_TYPE(conn) == cn->type)
+            counters = SLOT(conn, *cn, counters);
         PyObject *type = item(message, st->type);
-        if (cn != NULL && type != NULL && SLOT(conn, *cn, write_paused) == Py_False &&
+        if (counters != NULL && (PyObject *)Py_TYPE(counters) == fast->counters.type &&
+            type != NULL && SLOT(conn, *cn, write_paused) == Py_False &&
             SLOT(conn, *cn, closed) == Py_False) {
             long state = small_int(SLOT(cycle, fast->cycle, state));
             int taken = 0;
@@ -524,19 +518,22 @@ static PyType_Spec bound_spec = {
 
 static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *reference, *owner, *status_lines, *rendered, *close_line;
-    static char *keywords[] = {"reference", "owner", "status_lines", "rendered", "close_line",
-                               NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!O!O!:FastSend", keywords, &reference,
-                                     &PyType_Type, &owner, &PyDict_Type, &status_lines,
-                                     &PyDict_Type, &rendered, &PyBytes_Type, &close_line))
+    PyObject *reference, *owner, *connection_class, *counters_class, *status_lines, *rendered,
+        *close_line;
+    static char *keywords[] = {"reference",    "owner",    "connection_class", "counters_class",
+                               "status_lines", "rendered", "close_line",       NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!O!O!:FastSend", keywords, &reference,
+                                     &owner, &connection_class, &counters_class, &PyDict_Type,
+                                     &status_lines, &PyDict_Type, &rendered, &PyBytes_Type,
+                                     &close_line))
         return NULL;
     send_state *st = state_of(type);
-    PyObject *names[N_CYCLE] = {
+    PyObject *cycle_names[N_CYCLE] = {
 #define NAME(name) st->name,
-        CYCLE_SLOTS(NAME)
+        CYCLE_SLOTS(NAME)};
+    PyObject *conn_names[N_CONN] = {CONN_SLOTS(NAME)};
+    PyObject *counter_names[N_COUNTER] = {COUNTER_SLOTS(NAME)};
 #undef NAME
-    };
     FastSend *self = (FastSend *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -544,8 +541,9 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->status_lines = Py_NewRef(status_lines);
     self->rendered = Py_NewRef(rendered);
     self->close_line = Py_NewRef(close_line);
-    if (find_slots(&self->cycle, (PyTypeObject *)owner, names, N_CYCLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "%R does not keep what send uses in __slots__", owner);
+    if (find_slots(&self->cycle, owner, cycle_names, N_CYCLE) < 0 ||
+        find_slots(&self->conn, connection_class, conn_names, N_CONN) < 0 ||
+        find_slots(&self->counters, counters_class, counter_names, N_COUNTER) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -613,7 +611,8 @@ static PyType_Slot fast_slots[] = {
     {Py_tp_clear, fast_clear},
     {Py_tp_dealloc, fast_dealloc},
     {Py_tp_members, fast_members},
-    {Py_tp_doc, "FastSend(reference, owner, status_lines, rendered, close_line): "
+    {Py_tp_doc, "FastSend(reference, owner, connection_class, counters_class, status_lines, "
+                "rendered, close_line): "
                 "RequestCycle.send with a compiled path for the common response."},
     {0, NULL},
 };

@@ -383,12 +383,19 @@ class RequestCycle:
 _rendered_get = _rendered.get
 
 
-def _fast_send() -> None:
+def install_compiled_send(connection_class: type) -> None:
+    """Make ``RequestCycle.send`` _send.c's FastSend, where it is built (protocol.py
+    calls this once HttpConnection, the connection class it takes, is defined)."""
     module = compiled.load("_send")
     if module is not None:
+        from ..state import ShardCounters
+
         RequestCycle.send = module.FastSend(
-            RequestCycle.reference_send, RequestCycle, STATUS_LINES, _rendered, _CLOSE
+            RequestCycle.reference_send,
+            RequestCycle,
+            connection_class,
+            ShardCounters,
+            STATUS_LINES,
+            _rendered,
+            _CLOSE,
         )
-
-
-_fast_send()

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from ..connection import WriteFlow
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
-from .cycle import BODY_ENDED, COMPLETE, READ_HIGH_WATER, STREAMING, RequestCycle
+from .cycle import (
+    BODY_ENDED,
+    COMPLETE,
+    READ_HIGH_WATER,
+    STREAMING,
+    RequestCycle,
+    install_compiled_send,
+)
 from .eager import eager_starter
 from .parser import ParseError
 from .response import canned_response
@@ -503,3 +510,6 @@ def websocket_scope(http_scope: dict) -> dict:
     scope["subprotocols"] = requested_subprotocols(http_scope["headers"])
     scope["extensions"] = {"websocket.http.response": {}}
     return scope
+
+
+install_compiled_send(HttpConnection)
