@@ -211,7 +211,7 @@ static int fast_start(send_state *st, FastSend *fast, PyObject *cycle, PyObject 
 
     /* status line, defaults, the app's lines, maybe close, CRLF */
     PyObject *defaults = NULL;
-    PyObject *content_length = NULL; /* borrowed from the cache entry */
+    PyObject *content_length = NULL; /* borrowed from the cache entry (see below) */
     PyObject *lines = PyList_New(2);
     if (lines == NULL)
         return -1;
@@ -225,8 +225,13 @@ static int fast_start(send_state *st, FastSend *fast, PyObject *cycle, PyObject 
         goto not_taken;
     PyList_SET_ITEM(lines, 1, defaults);
     for (Py_ssize_t i = 0; i < count; i++) {
+        /* Pairs of bytes only: hashing them runs no Python code, so nothing borrowed
+         * here (the headers, the message's items, the cache's entries) can change or
+         * go before it is used or stored. */
         PyObject *header = PySequence_Fast_GET_ITEM(headers, i);
-        if (!PyTuple_CheckExact(header))
+        if (!PyTuple_CheckExact(header) || PyTuple_GET_SIZE(header) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(header, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(header, 1)))
             goto not_taken;
         PyObject *entry = item(fast->rendered, header);
         if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
@@ -246,13 +251,18 @@ static int fast_start(send_state *st, FastSend *fast, PyObject *cycle, PyObject 
     if (PyList_Append(lines, st->crlf) < 0)
         goto error;
 
-    /* Taken: set what the reference's _start sets. */
+    /* Taken: set what the reference's _start sets.  (Held: a value a slot held
+     * before may run code when it goes.) */
+    Py_INCREF(content_length);
+    Py_INCREF(status);
     store(&SLOT(cycle, fast->cycle, no_body), Py_False);
     store(&SLOT(cycle, fast->cycle, chunked), Py_False);
     store(&SLOT(cycle, fast->cycle, remaining), content_length);
     store(&SLOT(cycle, fast->cycle, keep_alive), keep_alive ? Py_True : Py_False);
     store(&SLOT(cycle, fast->cycle, status), status);
     store(&SLOT(cycle, fast->cycle, head), lines);
+    Py_DECREF(content_length);
+    Py_DECREF(status);
     Py_DECREF(lines);
     PyObject *pending = PyLong_FromLong(HEAD_PENDING);
     if (pending == NULL)
@@ -281,7 +291,9 @@ static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_ta
         return -1;
     }
     Py_INCREF(counters);
+    Py_INCREF(transport); /* (held through the call: write may run any code) */
     PyObject *written = PyObject_CallMethodOneArg(transport, st->write, data);
+    Py_DECREF(transport);
     if (written == NULL) {
         Py_DECREF(counters);
         return -1;
