@@ -77,8 +77,9 @@ static int names_proxy_header(Twins *self, PyObject *headers)
         return 1;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
         PyObject *field = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2)
-            return 1;
+        if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 0)))
+            return 1; /* (then the reference decides; bytes hash without running code) */
         int found = PySet_Contains(self->proxy_headers, PyTuple_GET_ITEM(field, 0));
         if (found != 0)
             return found;
@@ -204,8 +205,8 @@ static int fast_account(Twins *self, scope_state *st, PyObject *shard_state, PyO
         goto out;
     /* The status class's slot. */
     PyObject *method = PyDict_GetItemWithError(scope, st->method);
-    if (method == NULL) {
-        PyErr_Clear();
+    if (method == NULL || !PyUnicode_CheckExact(method)) {
+        PyErr_Clear(); /* (a str hashes without running code: nothing borrowed goes) */
         goto out;
     }
     PyObject *row = PyDict_GetItemWithError(self->method_slots, method); /* (hashable str) */
