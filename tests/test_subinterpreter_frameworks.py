@@ -14,7 +14,6 @@ Under Python 3.11 these skip with the reason; CI runs them under Python 3.13 (.c
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -179,22 +178,11 @@ def test_django_rolling_restart_under_load_fails_no_request(serve):
     no request fails, the new interpreters answer, and the stop is clean."""
     pytest.importorskip("django")
     pytest.importorskip("channels")
-    from test_subinterpreters import NewConnectionLoad
+    from test_subinterpreters import NewConnectionLoad, roll_under_load
 
     server = serve(DJANGO, *SUBINTERPRETERS, "--shards", "2")
     load = NewConnectionLoad(server, "interpreter", paths=("/sync", "/async"), limit=2000)
-    try:
-        time.sleep(1.0)
-        before = load.since(0)
-        server.signal(signal.SIGHUP)
-        server.wait_for(r"Rolling restart complete\.", 30)
-        restarted = time.monotonic()
-        time.sleep(1.0)
-    finally:
-        load.stop()
-    assert not load.failures, load.failures[:5]
-    after = load.since(restarted + 0.2)
-    assert after and not after & before, (before, after)
+    roll_under_load(server, load, 30)
     assert server.stop(30) == 0, server.output
     _clean(server.output)
 

@@ -345,16 +345,16 @@ class NewConnectionLoad:
         return {who for when, who in self.answered if when > moment}
 
 
-def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
+def roll_under_load(server, load: NewConnectionLoad, timeout: float) -> None:
+    """SIGHUP while ``load`` runs: no request fails, and the interpreters answering
+    after the roll are all new ones."""
     import signal
 
-    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
-    load = NewConnectionLoad(server, "interpreter")
     try:
         time.sleep(1.0)
         before = load.since(0)
         server.signal(signal.SIGHUP)
-        server.wait_for(r"Rolling restart complete\.", 20)
+        server.wait_for(r"Rolling restart complete\.", timeout)
         restarted = time.monotonic()
         time.sleep(1.0)
     finally:
@@ -362,6 +362,11 @@ def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
     assert not load.failures, load.failures[:5]
     after = load.since(restarted + 0.2)
     assert after and not after & before, (before, after)
+
+
+def test_rolling_restart_of_subinterpreter_shards_fails_no_request(serve):
+    server = serve(APP, "--shard-mode", "subinterpreter", "--shards", "2")
+    roll_under_load(server, NewConnectionLoad(server, "interpreter"), 20)
 
 
 def test_in_place_upgrade_of_a_subinterpreter_server_fails_no_request(serve, tmp_path):
