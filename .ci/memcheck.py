@@ -1,6 +1,6 @@
 """valgrind (memcheck) over the compiled modules' tests (the head splitter's, the
-sender's, the scope twins'): fails on any error whose stack passes through
-shardserve's own C code (_head.c, _send.c, _scope.c).
+sender's, the scope twins', the eager starter's): fails on any error whose stack
+passes through shardserve's own C code (_head.c, _send.c, _scope.c, _eager.c).
 
 CPython itself shows false positives under valgrind (vectorised memcmp reading past a
 string's end, small-int checks), so errors elsewhere are counted and shown, not
@@ -28,7 +28,8 @@ with tempfile.TemporaryDirectory() as tmp:
     tests = subprocess.run(
         ["valgrind", "--leak-check=no", "--num-callers=40", f"--log-file={log}",
          python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py"],
+         "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py",
+         "tests/test_eager_twin.py"],
         env=env,
     )  # fmt: skip
     with open(log, encoding="utf-8", errors="replace") as file:
@@ -38,7 +39,11 @@ blocks = re.split(r"\n==\d+== \n", text)
 errors = [
     b for b in blocks if re.search(r"==\d+== (Invalid|Conditional|Use of|Syscall|Mismatched)", b)
 ]
-ours = [b for b in errors if re.search(r"_(head|send|scope)\.c|/_(head|send|scope)\.cpython", b)]
+ours = [
+    b
+    for b in errors
+    if re.search(r"_(head|send|scope|eager)\.c|/_(head|send|scope|eager)\.cpython", b)
+]
 print(f"memcheck: {len(errors)} error reports, {len(ours)} in shardserve's C code")
 for block in ours:
     print(block)

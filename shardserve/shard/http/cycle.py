@@ -13,9 +13,10 @@ This is the hot path: each request runs ``RequestCycle()``, ``run``, two ``send`
 calls and usually one ``receive``; keep them free of work that could be done once.
 
 ``send`` here is the reference.  Where ``_send.c`` is built, ``RequestCycle.send`` is
-its FastSend (``install_compiled_send``, called by protocol.py): the common response (a start with a Content-Length, then one body that
-completes it) is written in C and ``await send(...)`` ends at once; every other
-message, and every subclass (``H2Exchange``), goes to this ``send``.
+its FastSend (``install_compiled_send``, called by protocol.py): the common response
+(a start with a Content-Length, then one body that completes it) is written in C and
+``await send(...)`` ends at once; every other message, and every subclass
+(``H2Exchange``), goes to this ``send``.
 """
 
 from __future__ import annotations

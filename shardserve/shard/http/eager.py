@@ -11,6 +11,10 @@ request runs in its own copy of the context, as it would in its own task.
 
 One request at a time per connection uses the host; when it is busy (the app is
 still running after its response), the next request gets an ordinary task.
+
+``_HostTask.start`` is the reference; where ``_eager.c`` is built, a connection's
+``start`` is its Starter, which runs the common case (an idle host, a request that
+finishes in its first step) without a Python frame or a StopIteration.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ def eager_starter(loop: asyncio.AbstractEventLoop) -> tuple[StartFn, Callable[[]
 
         return start_eager_task, _nothing
     host = _HostTask(loop)
+    if _compiled is not None:
+        return _compiled.Starter(host, _enter_task, _leave_task), host.close
     return host.start, host.close
 
 
@@ -106,7 +112,11 @@ class _HostTask:
             if getrefcount(task) > references or task.cancelling():
                 self._retire()
             return None
-        # Suspended: this host drives the request to its end, then finishes.
+        return self.suspended(task, coro, context, yielded)
+
+    def suspended(self, task: asyncio.Task, coro, context, yielded) -> asyncio.Task:
+        """The first step waits on ``yielded``: this host drives the request to its
+        end, then finishes (``_eager.c``'s Starter calls this too)."""
         cancelled = task.cancelling() > 0  # the request cancelled its own task
         if cancelled:
             self._retire()
@@ -143,3 +153,8 @@ _FINISHED = object()
 if sys.version_info < (3, 12):
     from asyncio.tasks import _enter_task, _leave_task  # private, stable through 3.11
     from sys import getrefcount
+
+    from . import compiled
+
+    # _eager.c's Starter: start's common case compiled (no StopIteration, no frame).
+    _compiled = compiled.load("_eager")
