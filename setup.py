@@ -1,6 +1,6 @@
 """The compiled modules (optional): shardserve runs without them, on the pure-Python
-reference each mirrors (shardserve/shard/http/head.py, cycle.py, scope.py and eager.py
-say which and why).  Each is built on its own: one that fails to build leaves the rest."""
+reference each mirrors (shardserve/shard/http/head.py, cycle.py, scope.py, eager.py and
+protocol.py say which and why).  Each is built on its own: one that fails to build leaves the rest."""
 
 from setuptools import Extension, setup
 
@@ -14,6 +14,6 @@ setup(
             optional=True,  # no compiler, no headers: install anyway, pure Python
             extra_compile_args=COMPILE_ARGS,
         )
-        for name in ("_head", "_send", "_scope", "_eager")
+        for name in ("_head", "_send", "_scope", "_eager", "_conn")
     ]
 )

@@ -4,6 +4,10 @@ A parser back-end (see ``parser.py``) turns bytes into ``on_request`` / ``on_bod
 ``on_request_end`` calls on this object; this object builds the ASGI scope, runs one
 ``RequestCycle`` at a time (pipelined requests wait their turn), applies flow control
 both ways and enforces keep-alive and header-read timeouts.
+
+The per-request methods here (data_received, on_request, on_request_end,
+response_done) are the references: where ``_conn.c`` is built, its twins take their
+places and run the common case in C (``install_compiled_connection``, at the end).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .cycle import (
     RequestCycle,
     install_compiled_send,
 )
+from . import compiled
 from .eager import eager_starter
 from .parser import ParseError
 from .response import canned_response
@@ -279,8 +284,12 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
 
     def response_done(self, cycle: RequestCycle) -> None:
         """Called once per exchange, when its response is complete (or abandoned)."""
-        state = self.state
-        account(state, cycle)
+        account(self.state, cycle)
+        self.after_response(cycle)
+
+    def after_response(self, cycle: RequestCycle) -> None:
+        """Close, start the next pipelined request, or wait for the next one (counted
+        first: a --limit-max-requests reached may have started draining)."""
         if self.cycle is not cycle:
             return
         if not cycle.keep_alive or self.draining or self.closed:
@@ -303,7 +312,7 @@ class HttpConnection(WriteFlow, asyncio.Protocol):
             return
         elif self.parsing is None:
             self.timer = IDLE
-            self.timer_since = state.now
+            self.timer_since = self.state.now
         if self.read_paused:
             self.maybe_resume_reading()
 
@@ -512,4 +521,33 @@ def websocket_scope(http_scope: dict) -> dict:
     return scope
 
 
+# The references of _conn.c's twins (tests call them directly).
+HttpConnection.reference_data_received = HttpConnection.data_received
+HttpConnection.reference_on_request = HttpConnection.on_request
+HttpConnection.reference_on_request_end = HttpConnection.on_request_end
+HttpConnection.reference_response_done = HttpConnection.response_done
+
+
+def install_compiled_connection() -> None:
+    """Put _conn.c's twins in place of the four per-request methods, where it is built."""
+    module = compiled.load("_conn")
+    if module is None:
+        return
+    from ..state import ShardCounters
+    from . import cycle, scope
+
+    twins = module.ConnTwins(
+        connection_class=HttpConnection,
+        cycle_class=RequestCycle,
+        counters_class=ShardCounters,
+        parse_error=ParseError,
+        request_scope=scope.request_scope,
+        account=scope.account,
+        perf_counter=cycle.perf_counter,
+    )
+    for name in ("data_received", "on_request", "on_request_end", "response_done"):
+        setattr(HttpConnection, name, getattr(twins, name))
+
+
 install_compiled_send(HttpConnection)
+install_compiled_connection()

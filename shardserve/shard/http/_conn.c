@@ -1,0 +1,800 @@
+/* Compiled twins of HttpConnection's per-request methods (protocol.py): data_received,
+ * on_request, on_request_end and response_done, the glue between the parser, the
+ * scope, the request cycle and the eager start.
+ *
+ * ConnTwins(connection_class, cycle_class, counters_class, parse_error, request_scope,
+ * account, perf_counter) holds what they share; its attributes data_received,
+ * on_request, on_request_end and response_done are descriptors put in place of the
+ * methods of the same names (protocol.py, install_compiled_connection).  Each does
+ * what its reference does (the same attributes set, in the same order, the same calls
+ * made) for the common case, and calls the reference, HttpConnection.reference_<name>,
+ * for anything else, deciding before it changes anything:
+ *
+ * - data_received: always (it only counts, marks and calls: parser.feed, reject for a
+ *   ParseError, and each ready cycle's run() through the connection's start).
+ * - on_request: no --limit-concurrency, no --limit-request-body, no exchange running
+ *   (else it is pipelined), an origin-form target.  The scope comes from scope.py's
+ *   request_scope (itself a twin), the cycle is made as RequestCycle.__init__ makes it.
+ * - on_request_end: nobody waits for the request's body.
+ * - response_done: account (the one given) is always called first; the rest in C
+ *   when the connection goes on to wait for the next request (kept alive, nothing
+ *   pipelined, rejected or still arriving, reading not paused), else the reference's
+ *   rest, HttpConnection.after_response.
+ *
+ * Objects of another class (a subclass too) go to the reference.  Multi-phase
+ * initialisation, heap types and module state only: it loads in every interpreter,
+ * own-GIL subinterpreters included.  tests/test_conn_twins.py holds it to the
+ * references; CI runs the HTTP suite with and without it, and valgrind over it.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* protocol.py's timer kinds; cycle.py's request states. */
+enum { NO_TIMER = 0, IDLE = 1, READING_HEAD = 2 };
+enum { BODY_MORE = 0, BODY_ENDED = 1 };
+enum { NOT_STARTED = 0 };
+
+#define CONN_SLOTS(X)                                                                      \
+    X(state) X(counters) X(parser) X(scope_template) X(trusted) X(cycle) X(parsing)        \
+    X(pipeline) X(closed) X(draining) X(read_paused) X(timer) X(timer_since) X(rejection)  \
+    X(body_limit) X(start) X(ready) X(feeding)
+#define CYCLE_SLOTS(X)                                                                     \
+    X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body) X(waiter)         \
+    X(state) X(expect_checked)
+#define COUNTER_SLOTS(X) X(bytes_in)
+#define ENUMERATE(name) C_##name,
+enum { CONN_SLOTS(ENUMERATE) N_CONN };
+#undef ENUMERATE
+#define ENUMERATE(name) Y_##name,
+enum { CYCLE_SLOTS(ENUMERATE) N_CYCLE };
+#undef ENUMERATE
+#define ENUMERATE(name) K_##name,
+enum { COUNTER_SLOTS(ENUMERATE) N_COUNTER };
+#undef ENUMERATE
+
+/* Names: slots, attributes and methods. */
+#define NAMES(X)                                                                           \
+    CONN_SLOTS(X) X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body)     \
+    X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
+    X(now) X(limit_concurrency) X(after_response) X(reference_data_received)              \
+    X(reference_on_request) X(reference_on_request_end) X(reference_response_done)
+
+typedef struct {
+#define FIELD(name) PyObject *name;
+    NAMES(FIELD)
+#undef FIELD
+    PyObject *empty; /* b"" */
+    PyObject *small[3]; /* 0, 1, 2 */
+    PyTypeObject *twins_type;
+    PyTypeObject *twin_type;
+    PyTypeObject *bound_type;
+} conn_state;
+
+#define MAX_SLOTS 20
+typedef struct {
+    PyObject *type;
+    Py_ssize_t offsets[MAX_SLOTS];
+} slot_table;
+
+typedef struct {
+    PyObject_HEAD
+    slot_table conn, cycle, counters;
+    PyObject *parse_error;   /* parser.ParseError */
+    PyObject *request_scope; /* scope.request_scope */
+    PyObject *account;       /* scope.account */
+    PyObject *perf_counter;  /* time.perf_counter */
+    PyObject *references;    /* tuple: the four reference functions */
+    PyObject *twins[4];      /* the descriptors */
+} ConnTwins;
+
+typedef struct Bound Bound;
+typedef PyObject *(*twin_fn)(conn_state *, ConnTwins *, PyObject *, PyObject *const *,
+                             Py_ssize_t);
+
+/* One descriptor: a twin method. */
+typedef struct {
+    PyObject_HEAD
+    ConnTwins *twins;
+    PyObject *reference;
+    twin_fn function;
+    Py_ssize_t nargs; /* arguments after self */
+} Twin;
+
+/* A twin bound to one connection. */
+struct Bound {
+    PyObject_HEAD
+    Twin *twin;
+    PyObject *conn;
+    vectorcallfunc vectorcall;
+};
+
+#define CONN(obj, name) (*(PyObject **)((char *)(obj) + tw->conn.offsets[C_##name]))
+#define CYC(obj, name) (*(PyObject **)((char *)(obj) + tw->cycle.offsets[Y_##name]))
+#define CNT(obj, name) (*(PyObject **)((char *)(obj) + tw->counters.offsets[K_##name]))
+
+static inline conn_state *state_of(PyTypeObject *type)
+{
+    return (conn_state *)PyType_GetModuleState(type);
+}
+
+/* Store a new reference in a slot (what the member descriptor's setter does). */
+static inline void store(PyObject **slot, PyObject *value)
+{
+    PyObject *old = *slot;
+    *slot = Py_NewRef(value);
+    Py_XDECREF(old);
+}
+
+static int find_slots(slot_table *table, PyObject *type, PyObject **names, int count)
+{
+    if (!PyType_Check(type)) {
+        PyErr_Format(PyExc_TypeError, "%R is not a class", type);
+        return -1;
+    }
+    for (int i = 0; i < count; i++) {
+        PyObject *descr = PyObject_GetAttr(type, names[i]);
+        if (descr == NULL) {
+            PyErr_Clear();
+            descr = Py_NewRef(Py_None);
+        }
+        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type);
+        if (plain) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            plain = member->type == T_OBJECT_EX && !(member->flags & READONLY);
+            table->offsets[i] = member->offset;
+        }
+        Py_DECREF(descr);
+        if (!plain) {
+            PyErr_Format(PyExc_TypeError, "%R does not keep %R in __slots__", type, names[i]);
+            return -1;
+        }
+    }
+    table->type = Py_NewRef(type);
+    return 0;
+}
+
+/* An exact int equal to ``value``. */
+static inline int is_small(PyObject *obj, long value)
+{
+    if (obj == NULL || !PyLong_CheckExact(obj))
+        return 0;
+    int overflow;
+    long found = PyLong_AsLongAndOverflow(obj, &overflow);
+    return !overflow && found == value;
+}
+
+static inline PyObject *unset(const char *name)
+{
+    PyErr_Format(PyExc_AttributeError, "connection slot %s is not set", name);
+    return NULL;
+}
+
+/* conn.timer = IDLE; conn.timer_since = conn.state.now */
+static int idle(conn_state *st, ConnTwins *tw, PyObject *conn)
+{
+    PyObject *state = CONN(conn, state);
+    if (state == NULL) {
+        unset("state");
+        return -1;
+    }
+    store(&CONN(conn, timer), st->small[IDLE]);
+    PyObject *now = PyObject_GetAttr(state, st->now);
+    if (now == NULL)
+        return -1;
+    store(&CONN(conn, timer_since), now);
+    Py_DECREF(now);
+    return 0;
+}
+
+/* data_received(data) ------------------------------------------------------------- */
+
+static PyObject *twin_data_received(conn_state *st, ConnTwins *tw, PyObject *conn,
+                                    PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data = args[0];
+    PyObject *counters = CONN(conn, counters);
+    PyObject *parser = CONN(conn, parser);
+    if (!PyBytes_CheckExact(data) || counters == NULL || parser == NULL ||
+        (PyObject *)Py_TYPE(counters) != tw->counters.type || CNT(counters, bytes_in) == NULL)
+        return NULL; /* (not taken: the caller calls the reference) */
+    PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(data));
+    if (size == NULL)
+        return NULL;
+    PyObject *total = PyNumber_Add(CNT(counters, bytes_in), size);
+    Py_DECREF(size);
+    if (total == NULL)
+        return NULL;
+    store(&CNT(counters, bytes_in), total);
+    Py_DECREF(total);
+    if (is_small(CONN(conn, timer), IDLE)) {
+        PyObject *state = CONN(conn, state);
+        if (state == NULL)
+            return unset("state");
+        store(&CONN(conn, timer), st->small[READING_HEAD]);
+        PyObject *now = PyObject_GetAttr(state, st->now);
+        if (now == NULL)
+            return NULL;
+        store(&CONN(conn, timer_since), now);
+        Py_DECREF(now);
+    }
+    store(&CONN(conn, feeding), Py_True);
+    parser = CONN(conn, parser);
+    if (parser == NULL)
+        return unset("parser");
+    Py_INCREF(parser);
+    PyObject *fed = PyObject_CallMethodOneArg(parser, st->feed, data);
+    Py_DECREF(parser);
+    if (fed == NULL) {
+        if (!PyErr_ExceptionMatches(tw->parse_error))
+            return NULL;
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback);
+        PyObject *status = value ? PyObject_GetAttr(value, st->status) : NULL;
+        PyObject *reason = status ? PyObject_GetAttr(value, st->reason) : NULL;
+        Py_XDECREF(value);
+        if (reason == NULL) {
+            Py_XDECREF(status);
+            return NULL;
+        }
+        PyObject *call[3] = {conn, status, reason};
+        fed = PyObject_VectorcallMethod(st->reject, call, 3, NULL);
+        Py_DECREF(status);
+        Py_DECREF(reason);
+        if (fed == NULL)
+            return NULL;
+    }
+    Py_DECREF(fed);
+    for (;;) {
+        PyObject *cycle = CONN(conn, ready);
+        if (cycle == NULL)
+            return unset("ready");
+        if (cycle == Py_None)
+            break;
+        Py_INCREF(cycle);
+        store(&CONN(conn, ready), Py_None);
+        PyObject *coro = PyObject_CallMethodNoArgs(cycle, st->run);
+        PyObject *start = CONN(conn, start);
+        PyObject *task = NULL;
+        if (coro != NULL && start == NULL)
+            unset("start");
+        else if (coro != NULL) {
+            Py_INCREF(start);
+            task = PyObject_CallOneArg(start, coro);
+            Py_DECREF(start);
+        }
+        Py_XDECREF(coro);
+        int failed = task == NULL || PyObject_SetAttr(cycle, st->task, task) < 0;
+        Py_XDECREF(task);
+        Py_DECREF(cycle);
+        if (failed)
+            return NULL;
+    }
+    store(&CONN(conn, feeding), Py_False);
+    Py_RETURN_NONE;
+}
+
+/* on_request(method, target, http_version, headers, keep_alive) -------------------- */
+
+/* A new cycle, as RequestCycle.__init__(conn, scope, keep_alive) makes it. */
+static PyObject *new_cycle(conn_state *st, ConnTwins *tw, PyObject *conn, PyObject *scope,
+                           PyObject *keep_alive)
+{
+    PyObject *started = PyObject_CallNoArgs(tw->perf_counter);
+    if (started == NULL)
+        return NULL;
+    PyTypeObject *type = (PyTypeObject *)tw->cycle.type;
+    PyObject *cycle = type->tp_alloc(type, 0);
+    if (cycle == NULL) {
+        Py_DECREF(started);
+        return NULL;
+    }
+    CYC(cycle, conn) = Py_NewRef(conn);
+    CYC(cycle, scope) = Py_NewRef(scope);
+    CYC(cycle, keep_alive) = Py_NewRef(keep_alive);
+    CYC(cycle, started) = started;
+    CYC(cycle, request) = Py_NewRef(st->small[BODY_MORE]);
+    CYC(cycle, body) = Py_NewRef(st->empty);
+    CYC(cycle, waiter) = Py_NewRef(Py_None);
+    CYC(cycle, state) = Py_NewRef(st->small[NOT_STARTED]);
+    CYC(cycle, expect_checked) = Py_NewRef(Py_False);
+    return cycle;
+}
+
+static PyObject *twin_on_request(conn_state *st, ConnTwins *tw, PyObject *conn,
+                                 PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *target = args[1];
+    PyObject *state = CONN(conn, state);
+    PyObject *keep_alive = args[4];
+    if (state == NULL || CONN(conn, body_limit) != Py_None || CONN(conn, cycle) != Py_None ||
+        CONN(conn, scope_template) == NULL || CONN(conn, trusted) == NULL ||
+        !PyBytes_CheckExact(target) || PyBytes_GET_SIZE(target) == 0 ||
+        PyBytes_AS_STRING(target)[0] != '/')
+        return NULL;
+    PyObject *limit = PyObject_GetAttr(state, st->limit_concurrency);
+    if (limit == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(limit);
+    if (limit != Py_None)
+        return NULL;
+
+    /* Taken. */
+    Py_INCREF(state);
+    PyObject *scope = NULL, *cycle = NULL;
+    store(&CONN(conn, timer), st->small[NO_TIMER]);
+    const char *text = PyBytes_AS_STRING(target);
+    Py_ssize_t size = PyBytes_GET_SIZE(target);
+    const char *mark = memchr(text, '?', size);
+    PyObject *raw_path, *query;
+    if (mark == NULL) {
+        raw_path = Py_NewRef(target);
+        query = Py_NewRef(st->empty);
+    }
+    else {
+        raw_path = PyBytes_FromStringAndSize(text, mark - text);
+        query = PyBytes_FromStringAndSize(mark + 1, size - (mark - text) - 1);
+    }
+    if (raw_path != NULL && query != NULL) {
+        PyObject *call[8] = {CONN(conn, scope_template), state, CONN(conn, trusted),
+                             args[0], raw_path, query, args[2], args[3]};
+        Py_INCREF(call[0]);
+        Py_INCREF(call[2]);
+        scope = PyObject_Vectorcall(tw->request_scope, call, 8, NULL);
+        Py_DECREF(call[0]);
+        Py_DECREF(call[2]);
+    }
+    Py_XDECREF(raw_path);
+    Py_XDECREF(query);
+    Py_DECREF(state);
+    if (scope == NULL)
+        return NULL; /* (a ParseError, raised as the reference raises it) */
+    cycle = new_cycle(st, tw, conn, scope, keep_alive);
+    Py_DECREF(scope);
+    if (cycle == NULL)
+        return NULL;
+    store(&CONN(conn, parsing), cycle);
+    if (CONN(conn, cycle) == Py_None) {
+        store(&CONN(conn, cycle), cycle);
+        store(&CONN(conn, ready), cycle);
+        Py_DECREF(cycle);
+        Py_RETURN_NONE;
+    }
+    /* (request_scope ran code that started an exchange: finish as the reference.) */
+    PyErr_SetString(PyExc_RuntimeError, "an exchange began while a request was parsed");
+    Py_DECREF(cycle);
+    return NULL;
+}
+
+/* on_request_end() ------------------------------------------------------------------ */
+
+static PyObject *twin_on_request_end(conn_state *st, ConnTwins *tw, PyObject *conn,
+                                     PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *cycle = CONN(conn, parsing);
+    if (cycle == NULL || (PyObject *)Py_TYPE(cycle) != tw->cycle.type ||
+        CYC(cycle, waiter) != Py_None || CONN(conn, cycle) == NULL)
+        return NULL;
+    Py_INCREF(cycle);
+    store(&CONN(conn, parsing), Py_None);
+    store(&CYC(cycle, request), st->small[BODY_ENDED]);
+    Py_DECREF(cycle);
+    if (CONN(conn, cycle) == Py_None && idle(st, tw, conn) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* response_done(cycle) -------------------------------------------------------------- */
+
+static PyObject *twin_response_done(conn_state *st, ConnTwins *tw, PyObject *conn,
+                                    PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *cycle = args[0];
+    PyObject *state = CONN(conn, state);
+    if (state == NULL)
+        return NULL;
+    PyObject *call[2] = {state, cycle};
+    Py_INCREF(state);
+    PyObject *result = PyObject_Vectorcall(tw->account, call, 2, NULL);
+    Py_DECREF(state);
+    if (result == NULL)
+        return NULL;
+    Py_DECREF(result);
+    /* The rest, in C when the connection simply waits for its next request. */
+    PyObject *pipeline = CONN(conn, pipeline);
+    PyObject *rejection = CONN(conn, rejection);
+    if (CONN(conn, cycle) == cycle && (PyObject *)Py_TYPE(cycle) == tw->cycle.type &&
+        CYC(cycle, keep_alive) == Py_True && CONN(conn, draining) == Py_False &&
+        CONN(conn, closed) == Py_False && CONN(conn, parsing) == Py_None &&
+        CONN(conn, read_paused) == Py_False && pipeline != NULL &&
+        PyObject_Length(pipeline) == 0 && rejection != NULL && PyBytes_CheckExact(rejection) &&
+        PyBytes_GET_SIZE(rejection) == 0) {
+        store(&CONN(conn, cycle), Py_None);
+        if (idle(st, tw, conn) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (PyErr_Occurred())
+        return NULL; /* (from PyObject_Length) */
+    PyObject *rest[2] = {conn, cycle};
+    return PyObject_VectorcallMethod(st->after_response, rest, 2, NULL);
+}
+
+/* Bound ------------------------------------------------------------------------------ */
+
+static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    Bound *self = (Bound *)callable;
+    Twin *twin = self->twin;
+    ConnTwins *tw = twin->twins;
+    PyObject *conn = self->conn;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == twin->nargs && kwnames == NULL && (PyObject *)Py_TYPE(conn) == tw->conn.type) {
+        Py_INCREF(conn);
+        PyObject *result = twin->function(state_of(Py_TYPE(self)), tw, conn, args, nargs);
+        Py_DECREF(conn);
+        if (result != NULL || PyErr_Occurred())
+            return result;
+        /* (NULL and no error: not taken, nothing changed: the reference's turn) */
+    }
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *stack[8];
+    PyObject **call = total < 8 ? stack : PyMem_New(PyObject *, total + 1);
+    if (call == NULL)
+        return PyErr_NoMemory();
+    call[0] = conn;
+    for (Py_ssize_t i = 0; i < total; i++)
+        call[i + 1] = args[i];
+    PyObject *result = PyObject_Vectorcall(twin->reference, call, nargs + 1, kwnames);
+    if (call != stack)
+        PyMem_Free(call);
+    return result;
+}
+
+static int bound_traverse(Bound *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->twin);
+    Py_VISIT(self->conn);
+    return 0;
+}
+
+static int bound_clear(Bound *self)
+{
+    Py_CLEAR(self->twin);
+    Py_CLEAR(self->conn);
+    return 0;
+}
+
+static void bound_dealloc(Bound *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    bound_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef bound_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Bound, vectorcall), READONLY, NULL},
+    {"__self__", T_OBJECT, offsetof(Bound, conn), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot bound_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_traverse, bound_traverse},
+    {Py_tp_clear, bound_clear},
+    {Py_tp_dealloc, bound_dealloc},
+    {Py_tp_members, bound_members},
+    {Py_tp_doc, "A connection method twin bound to one connection."},
+    {0, NULL},
+};
+
+static PyType_Spec bound_spec = {
+    .name = "shardserve.shard.http._conn.BoundTwin",
+    .basicsize = sizeof(Bound),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = bound_slots,
+};
+
+/* Twin: the descriptor -------------------------------------------------------------- */
+
+static PyObject *twin_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    conn_state *st = state_of(Py_TYPE(self));
+    Bound *bound = PyObject_GC_New(Bound, st->bound_type);
+    if (bound == NULL)
+        return NULL;
+    bound->twin = (Twin *)Py_NewRef(self);
+    bound->conn = Py_NewRef(obj);
+    bound->vectorcall = bound_vectorcall;
+    PyObject_GC_Track(bound);
+    return (PyObject *)bound;
+}
+
+static int twin_traverse(Twin *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->twins);
+    Py_VISIT(self->reference);
+    return 0;
+}
+
+static int twin_clear(Twin *self)
+{
+    Py_CLEAR(self->twins);
+    Py_CLEAR(self->reference);
+    return 0;
+}
+
+static void twin_dealloc(Twin *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    twin_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef twin_members[] = {
+    {"reference", T_OBJECT, offsetof(Twin, reference), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot twin_slots[] = {
+    {Py_tp_descr_get, twin_get},
+    {Py_tp_traverse, twin_traverse},
+    {Py_tp_clear, twin_clear},
+    {Py_tp_dealloc, twin_dealloc},
+    {Py_tp_members, twin_members},
+    {Py_tp_doc, "An HttpConnection method with a compiled path for its common case."},
+    {0, NULL},
+};
+
+static PyType_Spec twin_spec = {
+    .name = "shardserve.shard.http._conn.Twin",
+    .basicsize = sizeof(Twin),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = twin_slots,
+};
+
+/* ConnTwins ------------------------------------------------------------------------- */
+
+static const struct {
+    twin_fn function;
+    Py_ssize_t nargs;
+} TWINS[4] = {
+    {twin_data_received, 1},
+    {twin_on_request, 5},
+    {twin_on_request_end, 0},
+    {twin_response_done, 1},
+};
+
+static PyObject *twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *connection_class, *cycle_class, *counters_class, *parse_error, *request_scope,
+        *account, *perf_counter;
+    static char *keywords[] = {"connection_class", "cycle_class",   "counters_class",
+                               "parse_error",      "request_scope", "account",
+                               "perf_counter",     NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO:ConnTwins", keywords,
+                                     &connection_class, &cycle_class, &counters_class,
+                                     &parse_error, &request_scope, &account, &perf_counter))
+        return NULL;
+    if (!PyExceptionClass_Check(parse_error) || !PyCallable_Check(request_scope) ||
+        !PyCallable_Check(account) || !PyCallable_Check(perf_counter)) {
+        PyErr_SetString(PyExc_TypeError, "ConnTwins: a bad exception class or callable");
+        return NULL;
+    }
+    conn_state *st = state_of(type);
+#define NAME(name) st->name,
+    PyObject *conn_names[N_CONN] = {CONN_SLOTS(NAME)};
+    PyObject *cycle_names[N_CYCLE] = {CYCLE_SLOTS(NAME)};
+    PyObject *counter_names[N_COUNTER] = {COUNTER_SLOTS(NAME)};
+    PyObject *reference_names[4] = {st->reference_data_received, st->reference_on_request,
+                                    st->reference_on_request_end,
+                                    st->reference_response_done};
+#undef NAME
+    ConnTwins *self = (ConnTwins *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->parse_error = Py_NewRef(parse_error);
+    self->request_scope = Py_NewRef(request_scope);
+    self->account = Py_NewRef(account);
+    self->perf_counter = Py_NewRef(perf_counter);
+    if (find_slots(&self->conn, connection_class, conn_names, N_CONN) < 0 ||
+        find_slots(&self->cycle, cycle_class, cycle_names, N_CYCLE) < 0 ||
+        find_slots(&self->counters, counters_class, counter_names, N_COUNTER) < 0)
+        goto error;
+    for (int i = 0; i < 4; i++) {
+        PyObject *reference = PyObject_GetAttr(connection_class, reference_names[i]);
+        if (reference == NULL)
+            goto error;
+        Twin *twin = PyObject_GC_New(Twin, st->twin_type);
+        if (twin == NULL) {
+            Py_DECREF(reference);
+            goto error;
+        }
+        twin->twins = (ConnTwins *)Py_NewRef(self);
+        twin->reference = reference;
+        twin->function = TWINS[i].function;
+        twin->nargs = TWINS[i].nargs;
+        PyObject_GC_Track(twin);
+        self->twins[i] = (PyObject *)twin;
+    }
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int twins_traverse(ConnTwins *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->conn.type);
+    Py_VISIT(self->cycle.type);
+    Py_VISIT(self->counters.type);
+    Py_VISIT(self->parse_error);
+    Py_VISIT(self->request_scope);
+    Py_VISIT(self->account);
+    Py_VISIT(self->perf_counter);
+    for (int i = 0; i < 4; i++)
+        Py_VISIT(self->twins[i]);
+    return 0;
+}
+
+static int twins_clear(ConnTwins *self)
+{
+    Py_CLEAR(self->conn.type);
+    Py_CLEAR(self->cycle.type);
+    Py_CLEAR(self->counters.type);
+    Py_CLEAR(self->parse_error);
+    Py_CLEAR(self->request_scope);
+    Py_CLEAR(self->account);
+    Py_CLEAR(self->perf_counter);
+    for (int i = 0; i < 4; i++)
+        Py_CLEAR(self->twins[i]);
+    return 0;
+}
+
+static void twins_dealloc(ConnTwins *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    twins_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef twins_members[] = {
+    {"data_received", T_OBJECT, offsetof(ConnTwins, twins[0]), READONLY, NULL},
+    {"on_request", T_OBJECT, offsetof(ConnTwins, twins[1]), READONLY, NULL},
+    {"on_request_end", T_OBJECT, offsetof(ConnTwins, twins[2]), READONLY, NULL},
+    {"response_done", T_OBJECT, offsetof(ConnTwins, twins[3]), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot twins_slots[] = {
+    {Py_tp_new, twins_new},
+    {Py_tp_traverse, twins_traverse},
+    {Py_tp_clear, twins_clear},
+    {Py_tp_dealloc, twins_dealloc},
+    {Py_tp_members, twins_members},
+    {Py_tp_doc, "ConnTwins(connection_class, cycle_class, counters_class, parse_error, "
+                "request_scope, account, perf_counter): compiled twins of the "
+                "connection's per-request methods."},
+    {0, NULL},
+};
+
+static PyType_Spec twins_spec = {
+    .name = "shardserve.shard.http._conn.ConnTwins",
+    .basicsize = sizeof(ConnTwins),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = twins_slots,
+};
+
+/* The module ------------------------------------------------------------------------- */
+
+static int conn_exec(PyObject *module)
+{
+    conn_state *st = PyModule_GetState(module);
+#define INTERN(name)                                                                       \
+    if ((st->name = PyUnicode_InternFromString(#name)) == NULL)                            \
+        return -1;
+    NAMES(INTERN)
+#undef INTERN
+    if ((st->empty = PyBytes_FromStringAndSize("", 0)) == NULL)
+        return -1;
+    for (int i = 0; i < 3; i++)
+        if ((st->small[i] = PyLong_FromLong(i)) == NULL)
+            return -1;
+    st->bound_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bound_spec, NULL);
+    if (st->bound_type == NULL)
+        return -1;
+    st->twin_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &twin_spec, NULL);
+    if (st->twin_type == NULL)
+        return -1;
+    st->twins_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &twins_spec, NULL);
+    if (st->twins_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->twins_type);
+}
+
+static int conn_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    conn_state *st = PyModule_GetState(module);
+    if (st == NULL)
+        return 0;
+#define VISIT(name) Py_VISIT(st->name);
+    NAMES(VISIT)
+#undef VISIT
+    Py_VISIT(st->empty);
+    for (int i = 0; i < 3; i++)
+        Py_VISIT(st->small[i]);
+    Py_VISIT(st->bound_type);
+    Py_VISIT(st->twin_type);
+    Py_VISIT(st->twins_type);
+    return 0;
+}
+
+static int conn_clear(PyObject *module)
+{
+    conn_state *st = PyModule_GetState(module);
+    if (st == NULL)
+        return 0;
+#define CLEAR(name) Py_CLEAR(st->name);
+    NAMES(CLEAR)
+#undef CLEAR
+    Py_CLEAR(st->empty);
+    for (int i = 0; i < 3; i++)
+        Py_CLEAR(st->small[i]);
+    Py_CLEAR(st->bound_type);
+    Py_CLEAR(st->twin_type);
+    Py_CLEAR(st->twins_type);
+    return 0;
+}
+
+static void conn_free(void *module)
+{
+    conn_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot conn_slots[] = {
+    {Py_mod_exec, conn_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef conn_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shardserve.shard.http._conn",
+    .m_doc = "Compiled twins of HttpConnection's per-request methods.",
+    .m_size = sizeof(conn_state),
+    .m_slots = conn_slots,
+    .m_traverse = conn_traverse,
+    .m_clear = conn_clear,
+    .m_free = conn_free,
+};
+
+PyMODINIT_FUNC PyInit__conn(void)
+{
+    return PyModuleDef_Init(&conn_module);
+}
