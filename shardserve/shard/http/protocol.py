@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..connection import WriteFlow
 from ..ws.handshake import handshake_problem, is_websocket_upgrade, requested_subprotocols
+from . import compiled
 from .cycle import (
     BODY_ENDED,
     COMPLETE,
@@ -27,7 +28,6 @@ from .cycle import (
     RequestCycle,
     install_compiled_send,
 )
-from . import compiled
 from .eager import eager_starter
 from .parser import ParseError
 from .response import canned_response
