@@ -1,6 +1,7 @@
 """valgrind (memcheck) over the compiled modules' tests (the head splitter's, the
-sender's, the scope twins', the eager starter's): fails on any error whose stack
-passes through shardserve's own C code (_head.c, _send.c, _scope.c, _eager.c).
+sender's, the scope twins', the eager starter's, the connection twins'): fails on any
+error whose stack passes through shardserve's own C code (_head.c, _send.c, _scope.c,
+_eager.c, _conn.c).
 
 CPython itself shows false positives under valgrind (vectorised memcmp reading past a
 string's end, small-int checks), so errors elsewhere are counted and shown, not
@@ -24,12 +25,13 @@ with tempfile.TemporaryDirectory() as tmp:
         HEAD_SPLIT_EXAMPLES="60",
         FAST_SEND_EXAMPLES="60",
         SCOPE_TWINS_EXAMPLES="60",
+        CONN_TWINS_EXAMPLES="40",
     )
     tests = subprocess.run(
         ["valgrind", "--leak-check=no", "--num-callers=40", f"--log-file={log}",
          python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py",
-         "tests/test_eager_twin.py"],
+         "tests/test_eager_twin.py", "tests/test_conn_twins.py"],
         env=env,
     )  # fmt: skip
     with open(log, encoding="utf-8", errors="replace") as file:
@@ -42,7 +44,7 @@ errors = [
 ours = [
     b
     for b in errors
-    if re.search(r"_(head|send|scope|eager)\.c|/_(head|send|scope|eager)\.cpython", b)
+    if re.search(r"_(head|send|scope|eager|conn)\.c|/_(head|send|scope|eager|conn)\.cpython", b)
 ]
 print(f"memcheck: {len(errors)} error reports, {len(ours)} in shardserve's C code")
 for block in ours:

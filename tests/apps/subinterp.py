@@ -21,6 +21,7 @@ def _interpreter_id() -> int:
 async def whoami(request):
     from shardserve.shard.http import head, scope
     from shardserve.shard.http.cycle import RequestCycle
+    from shardserve.shard.http.protocol import HttpConnection
 
     return JSONResponse(
         {
@@ -30,6 +31,7 @@ async def whoami(request):
             "head_split_compiled": head.ACCELERATED,  # (_head.c loaded in this interpreter)
             "send_compiled": type(RequestCycle.__dict__["send"]).__name__ == "FastSend",  # _send.c
             "scope_compiled": scope.account is not scope.reference_account,  # _scope.c
+            "conn_compiled": type(HttpConnection.__dict__["on_request"]).__name__ == "Twin",
         }
     )
 

@@ -59,8 +59,7 @@ enum { COUNTER_SLOTS(ENUMERATE) N_COUNTER };
 #define NAMES(X)                                                                           \
     CONN_SLOTS(X) X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body)     \
     X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
-    X(now) X(limit_concurrency) X(after_response) X(reference_data_received)              \
-    X(reference_on_request) X(reference_on_request_end) X(reference_response_done)
+    X(now) X(limit_concurrency) X(after_response)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
@@ -90,15 +89,18 @@ typedef struct {
     PyObject *twins[4];      /* the descriptors */
 } ConnTwins;
 
-typedef struct Bound Bound;
-typedef PyObject *(*twin_fn)(conn_state *, ConnTwins *, PyObject *, PyObject *const *,
-                             Py_ssize_t);
+/* A twin's compiled path: a new reference, or NULL with an error raised, or NULL
+ * without one: not taken (nothing was changed), the reference's turn.  ``owner`` is
+ * the ConnTwins or ParserTwins that made it. */
+typedef PyObject *(*twin_fn)(conn_state *st, PyObject *owner, PyObject *self,
+                             PyObject *const *args, Py_ssize_t nargs);
 
 /* One descriptor: a twin method. */
 typedef struct {
     PyObject_HEAD
-    ConnTwins *twins;
-    PyObject *reference;
+    PyObject *owner;     /* its ConnTwins or ParserTwins */
+    PyObject *cls;       /* the one class whose objects it takes (not subclasses) */
+    PyObject *reference; /* the Python method it mirrors */
     twin_fn function;
     Py_ssize_t nargs; /* arguments after self */
 } Twin;
@@ -191,9 +193,10 @@ static int idle(conn_state *st, ConnTwins *tw, PyObject *conn)
 
 /* data_received(data) ------------------------------------------------------------- */
 
-static PyObject *twin_data_received(conn_state *st, ConnTwins *tw, PyObject *conn,
+static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *conn,
                                     PyObject *const *args, Py_ssize_t nargs)
 {
+    ConnTwins *tw = (ConnTwins *)owner;
     PyObject *data = args[0];
     PyObject *counters = CONN(conn, counters);
     PyObject *parser = CONN(conn, parser);
@@ -306,9 +309,10 @@ static PyObject *new_cycle(conn_state *st, ConnTwins *tw, PyObject *conn, PyObje
     return cycle;
 }
 
-static PyObject *twin_on_request(conn_state *st, ConnTwins *tw, PyObject *conn,
+static PyObject *twin_on_request(conn_state *st, PyObject *owner, PyObject *conn,
                                  PyObject *const *args, Py_ssize_t nargs)
 {
+    ConnTwins *tw = (ConnTwins *)owner;
     PyObject *target = args[1];
     PyObject *state = CONN(conn, state);
     PyObject *keep_alive = args[4];
@@ -375,9 +379,10 @@ static PyObject *twin_on_request(conn_state *st, ConnTwins *tw, PyObject *conn,
 
 /* on_request_end() ------------------------------------------------------------------ */
 
-static PyObject *twin_on_request_end(conn_state *st, ConnTwins *tw, PyObject *conn,
+static PyObject *twin_on_request_end(conn_state *st, PyObject *owner, PyObject *conn,
                                      PyObject *const *args, Py_ssize_t nargs)
 {
+    ConnTwins *tw = (ConnTwins *)owner;
     PyObject *cycle = CONN(conn, parsing);
     if (cycle == NULL || (PyObject *)Py_TYPE(cycle) != tw->cycle.type ||
         CYC(cycle, waiter) != Py_None || CONN(conn, cycle) == NULL)
@@ -393,9 +398,10 @@ static PyObject *twin_on_request_end(conn_state *st, ConnTwins *tw, PyObject *co
 
 /* response_done(cycle) -------------------------------------------------------------- */
 
-static PyObject *twin_response_done(conn_state *st, ConnTwins *tw, PyObject *conn,
+static PyObject *twin_response_done(conn_state *st, PyObject *owner, PyObject *conn,
                                     PyObject *const *args, Py_ssize_t nargs)
 {
+    ConnTwins *tw = (ConnTwins *)owner;
     PyObject *cycle = args[0];
     PyObject *state = CONN(conn, state);
     if (state == NULL)
@@ -434,12 +440,12 @@ static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, siz
 {
     Bound *self = (Bound *)callable;
     Twin *twin = self->twin;
-    ConnTwins *tw = twin->twins;
     PyObject *conn = self->conn;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == twin->nargs && kwnames == NULL && (PyObject *)Py_TYPE(conn) == tw->conn.type) {
+    if (nargs == twin->nargs && kwnames == NULL && (PyObject *)Py_TYPE(conn) == twin->cls) {
         Py_INCREF(conn);
-        PyObject *result = twin->function(state_of(Py_TYPE(self)), tw, conn, args, nargs);
+        PyObject *result =
+            twin->function(state_of(Py_TYPE(self)), twin->owner, conn, args, nargs);
         Py_DECREF(conn);
         if (result != NULL || PyErr_Occurred())
             return result;
@@ -527,15 +533,47 @@ static PyObject *twin_get(PyObject *self, PyObject *obj, PyObject *type)
 static int twin_traverse(Twin *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->twins);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->cls);
     Py_VISIT(self->reference);
     return 0;
 }
 
 static int twin_clear(Twin *self)
 {
-    Py_CLEAR(self->twins);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->cls);
     Py_CLEAR(self->reference);
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    twin_fn function;
+    Py_ssize_t nargs;
+} twin_def;
+
+/* The twins of ``defs`` for ``cls``, each with the reference cls.reference_<name>. */
+static int make_twins(conn_state *st, PyObject *owner, PyObject *cls, const twin_def *defs,
+                      int count, PyObject **twins)
+{
+    for (int i = 0; i < count; i++) {
+        PyObject *reference = PyObject_GetAttrString(cls, defs[i].name);
+        if (reference == NULL)
+            return -1;
+        Twin *twin = PyObject_GC_New(Twin, st->twin_type);
+        if (twin == NULL) {
+            Py_DECREF(reference);
+            return -1;
+        }
+        twin->owner = Py_NewRef(owner);
+        twin->cls = Py_NewRef(cls);
+        twin->reference = reference;
+        twin->function = defs[i].function;
+        twin->nargs = defs[i].nargs;
+        PyObject_GC_Track(twin);
+        twins[i] = (PyObject *)twin;
+    }
     return 0;
 }
 
@@ -573,14 +611,11 @@ static PyType_Spec twin_spec = {
 
 /* ConnTwins ------------------------------------------------------------------------- */
 
-static const struct {
-    twin_fn function;
-    Py_ssize_t nargs;
-} TWINS[4] = {
-    {twin_data_received, 1},
-    {twin_on_request, 5},
-    {twin_on_request_end, 0},
-    {twin_response_done, 1},
+static const twin_def CONN_TWINS[4] = {
+    {"reference_data_received", twin_data_received, 1},
+    {"reference_on_request", twin_on_request, 5},
+    {"reference_on_request_end", twin_on_request_end, 0},
+    {"reference_response_done", twin_response_done, 1},
 };
 
 static PyObject *twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -604,9 +639,6 @@ static PyObject *twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     PyObject *conn_names[N_CONN] = {CONN_SLOTS(NAME)};
     PyObject *cycle_names[N_CYCLE] = {CYCLE_SLOTS(NAME)};
     PyObject *counter_names[N_COUNTER] = {COUNTER_SLOTS(NAME)};
-    PyObject *reference_names[4] = {st->reference_data_received, st->reference_on_request,
-                                    st->reference_on_request_end,
-                                    st->reference_response_done};
 #undef NAME
     ConnTwins *self = (ConnTwins *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -619,22 +651,8 @@ static PyObject *twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         find_slots(&self->cycle, cycle_class, cycle_names, N_CYCLE) < 0 ||
         find_slots(&self->counters, counters_class, counter_names, N_COUNTER) < 0)
         goto error;
-    for (int i = 0; i < 4; i++) {
-        PyObject *reference = PyObject_GetAttr(connection_class, reference_names[i]);
-        if (reference == NULL)
-            goto error;
-        Twin *twin = PyObject_GC_New(Twin, st->twin_type);
-        if (twin == NULL) {
-            Py_DECREF(reference);
-            goto error;
-        }
-        twin->twins = (ConnTwins *)Py_NewRef(self);
-        twin->reference = reference;
-        twin->function = TWINS[i].function;
-        twin->nargs = TWINS[i].nargs;
-        PyObject_GC_Track(twin);
-        self->twins[i] = (PyObject *)twin;
-    }
+    if (make_twins(st, (PyObject *)self, connection_class, CONN_TWINS, 4, self->twins) < 0)
+        goto error;
     return (PyObject *)self;
 error:
     Py_DECREF(self);
