@@ -1,5 +1,5 @@
 """valgrind (memcheck) over the compiled modules' tests (the head splitter's, the
-sender's, the scope twins', the eager starter's, the connection twins'): fails on any
+sender's, the scope twins', the eager starter's, the connection and parser twins'): fails on any
 error whose stack passes through shardserve's own C code (_head.c, _send.c, _scope.c,
 _eager.c, _conn.c).
 
@@ -26,12 +26,14 @@ with tempfile.TemporaryDirectory() as tmp:
         FAST_SEND_EXAMPLES="60",
         SCOPE_TWINS_EXAMPLES="60",
         CONN_TWINS_EXAMPLES="40",
+        PARSER_TWINS_EXAMPLES="40",
     )
     tests = subprocess.run(
         ["valgrind", "--leak-check=no", "--num-callers=40", f"--log-file={log}",
          python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py",
-         "tests/test_eager_twin.py", "tests/test_conn_twins.py"],
+         "tests/test_eager_twin.py", "tests/test_conn_twins.py",
+         "tests/test_parser_twins.py"],
         env=env,
     )  # fmt: skip
     with open(log, encoding="utf-8", errors="replace") as file:

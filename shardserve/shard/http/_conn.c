@@ -45,6 +45,11 @@ enum { NOT_STARTED = 0 };
     X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body) X(waiter)         \
     X(state) X(expect_checked)
 #define COUNTER_SLOTS(X) X(bytes_in)
+/* HttptoolsParser's (parser_httptools.py), and its "parser" (P_parser: the name is
+ * among CONN_SLOTS's already). */
+#define PARSER_SLOTS(X)                                                                    \
+    X(sink) X(limits) X(field_size) X(url) X(headers) X(host) X(last_host)               \
+    X(transfer_encoding) X(in_head) X(in_message) X(head_bytes) X(chunk) X(_on_request_end)
 #define ENUMERATE(name) C_##name,
 enum { CONN_SLOTS(ENUMERATE) N_CONN };
 #undef ENUMERATE
@@ -54,25 +59,31 @@ enum { CYCLE_SLOTS(ENUMERATE) N_CYCLE };
 #define ENUMERATE(name) K_##name,
 enum { COUNTER_SLOTS(ENUMERATE) N_COUNTER };
 #undef ENUMERATE
+#define ENUMERATE(name) P_##name,
+enum { PARSER_SLOTS(ENUMERATE) P_parser, N_PARSER };
+#undef ENUMERATE
 
 /* Names: slots, attributes and methods. */
 #define NAMES(X)                                                                           \
     CONN_SLOTS(X) X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body)     \
     X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
-    X(now) X(limit_concurrency) X(after_response)
+    X(now) X(limit_concurrency) X(after_response) PARSER_SLOTS(X) X(request_line) X(fields) \
+    X(get_method) X(should_keep_alive) X(on_request)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
     NAMES(FIELD)
 #undef FIELD
     PyObject *empty; /* b"" */
+    PyObject *http11; /* "1.1" */
     PyObject *small[3]; /* 0, 1, 2 */
     PyTypeObject *twins_type;
+    PyTypeObject *parser_twins_type;
     PyTypeObject *twin_type;
     PyTypeObject *bound_type;
 } conn_state;
 
-#define MAX_SLOTS 20
+#define MAX_SLOTS 24
 typedef struct {
     PyObject *type;
     Py_ssize_t offsets[MAX_SLOTS];
@@ -88,6 +99,8 @@ typedef struct {
     PyObject *references;    /* tuple: the four reference functions */
     PyObject *twins[4];      /* the descriptors */
 } ConnTwins;
+
+typedef struct Bound Bound;
 
 /* A twin's compiled path: a new reference, or NULL with an error raised, or NULL
  * without one: not taken (nothing was changed), the reference's turn.  ``owner`` is
@@ -433,6 +446,212 @@ static PyObject *twin_response_done(conn_state *st, PyObject *owner, PyObject *c
     return PyObject_VectorcallMethod(st->after_response, rest, 2, NULL);
 }
 
+/* HttptoolsParser's llhttp callbacks ------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    slot_table parser;
+    PyObject *check_host;       /* framing.check_host */
+    PyObject *interned_methods; /* parser.INTERNED_METHODS: bytes -> str */
+    PyObject *twins[4];
+} ParserTwins;
+
+#define PRS(obj, name) (*(PyObject **)((char *)(obj) + pt->parser.offsets[P_##name]))
+
+/* An exact int attribute of ``obj`` (limits are ints), or -1 (error cleared). */
+static Py_ssize_t int_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = obj == NULL ? NULL : PyObject_GetAttr(obj, name);
+    Py_ssize_t result = -1;
+    if (value != NULL && PyLong_CheckExact(value))
+        result = PyLong_AsSsize_t(value);
+    Py_XDECREF(value);
+    if (result < 0)
+        PyErr_Clear();
+    return result;
+}
+
+/* on_url(url): the target, in one piece, within --limit-request-line. */
+static PyObject *twin_on_url(conn_state *st, PyObject *owner, PyObject *self,
+                             PyObject *const *args, Py_ssize_t nargs)
+{
+    ParserTwins *pt = (ParserTwins *)owner;
+    PyObject *url = args[0];
+    if (PRS(self, in_head) != Py_False || !PyBytes_CheckExact(url))
+        return NULL;
+    Py_ssize_t limit = int_attr(PRS(self, limits), st->request_line);
+    if (limit < 0 || PyBytes_GET_SIZE(url) > limit)
+        return NULL;
+    store(&PRS(self, in_head), Py_True);
+    store(&PRS(self, head_bytes), st->small[0]);
+    store(&PRS(self, url), url);
+    Py_RETURN_NONE;
+}
+
+/* on_header(name, value): a field of the head within --limit-request-field-size, not
+ * Transfer-Encoding, not a second Host. */
+static PyObject *twin_on_header(conn_state *st, PyObject *owner, PyObject *self,
+                                PyObject *const *args, Py_ssize_t nargs)
+{
+    ParserTwins *pt = (ParserTwins *)owner;
+    PyObject *name = args[0], *value = args[1];
+    PyObject *field_size = PRS(self, field_size);
+    if (PRS(self, in_head) != Py_True || !PyBytes_CheckExact(name) ||
+        !PyBytes_CheckExact(value) || field_size == NULL || !PyLong_CheckExact(field_size) ||
+        PRS(self, headers) == NULL || !PyList_CheckExact(PRS(self, headers)))
+        return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(field_size);
+    Py_ssize_t name_size = PyBytes_GET_SIZE(name), value_size = PyBytes_GET_SIZE(value);
+    if (limit < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (name_size + value_size > limit)
+        return NULL;
+    const char *raw = PyBytes_AS_STRING(name);
+    /* (bytes.lower(): ASCII letters only) */
+    char lowered[32];
+    if (name_size > (Py_ssize_t)sizeof(lowered))
+        return NULL; /* (a long name: rare, the reference's) */
+    for (Py_ssize_t i = 0; i < name_size; i++) {
+        char c = raw[i];
+        lowered[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    int is_host = name_size == 4 && memcmp(lowered, "host", 4) == 0;
+    if ((is_host && PRS(self, host) != Py_False) ||
+        (name_size == 17 && memcmp(lowered, "transfer-encoding", 17) == 0))
+        return NULL;
+    /* llhttp drops the whitespace before a value but keeps what follows it. */
+    const char *text = PyBytes_AS_STRING(value);
+    Py_ssize_t end = value_size;
+    while (end > 0 && (text[end - 1] == ' ' || text[end - 1] == '\t'))
+        end--;
+
+    /* Taken. */
+    PyObject *field = PyTuple_New(2);
+    if (field == NULL)
+        return NULL;
+    PyObject *lower = PyBytes_FromStringAndSize(lowered, name_size);
+    PyObject *stripped = end == value_size ? Py_NewRef(value)
+                                           : PyBytes_FromStringAndSize(text, end);
+    if (lower == NULL || stripped == NULL) {
+        Py_XDECREF(lower);
+        Py_XDECREF(stripped);
+        Py_DECREF(field);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(field, 0, lower);
+    PyTuple_SET_ITEM(field, 1, stripped);
+    if (is_host) {
+        store(&PRS(self, host), Py_True);
+        PyObject *last = PRS(self, last_host);
+        int same = last != NULL && PyBytes_CheckExact(last) &&
+                   PyBytes_GET_SIZE(last) == end && memcmp(PyBytes_AS_STRING(last), text, end) == 0;
+        if (!same) {
+            PyObject *checked = PyObject_CallOneArg(pt->check_host, stripped);
+            if (checked == NULL) {
+                Py_DECREF(field);
+                return NULL;
+            }
+            Py_DECREF(checked);
+            store(&PRS(self, last_host), stripped);
+        }
+    }
+    PyObject *headers = PRS(self, headers); /* (again: check_host ran Python code) */
+    int appended = headers == NULL ? -1 : PyList_Append(headers, field);
+    Py_DECREF(field);
+    if (appended < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "parser slot headers is not set");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* on_headers_complete(): a head that arrived whole at the start of a read, HTTP/1.1
+ * with its Host, no Transfer-Encoding, not CONNECT, a common method. */
+static PyObject *twin_on_headers_complete(conn_state *st, PyObject *owner, PyObject *self,
+                                          PyObject *const *args, Py_ssize_t nargs)
+{
+    ParserTwins *pt = (ParserTwins *)owner;
+    PyObject *headers = PRS(self, headers), *url = PRS(self, url), *chunk = PRS(self, chunk);
+    PyObject *llhttp = PRS(self, parser), *sink = PRS(self, sink);
+    if (headers == NULL || !PyList_CheckExact(headers) || url == NULL ||
+        !PyBytes_CheckExact(url) || chunk == NULL || !PyBytes_CheckExact(chunk) ||
+        llhttp == NULL || sink == NULL || PRS(self, host) != Py_True ||
+        PRS(self, transfer_encoding) != Py_None)
+        return NULL;
+    Py_ssize_t fields = int_attr(PRS(self, limits), st->fields);
+    if (fields < 0 || PyList_GET_SIZE(headers) > fields)
+        return NULL;
+    PyObject *method = PyObject_CallMethodNoArgs(llhttp, st->get_method);
+    if (method == NULL || !PyBytes_CheckExact(method)) {
+        PyErr_Clear();
+        Py_XDECREF(method);
+        return NULL;
+    }
+    /* The request line llhttp just parsed starts the read: its version is there. */
+    Py_ssize_t at = PyBytes_GET_SIZE(method) + PyBytes_GET_SIZE(url) + 1;
+    PyObject *name = NULL;
+    if (PyBytes_GET_SIZE(chunk) >= at + 11 &&
+        memcmp(PyBytes_AS_STRING(chunk) + at, " HTTP/1.1\r\n", 11) == 0)
+        name = PyDict_GetItemWithError(pt->interned_methods, method); /* (bytes: no code) */
+    Py_DECREF(method);
+    if (name == NULL || !PyUnicode_CheckExact(name) ||
+        PyUnicode_CompareWithASCIIString(name, "CONNECT") == 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+
+    /* Taken: as the reference, reset for the next head, then pass this one on. */
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    Py_INCREF(name);
+    Py_INCREF(url);
+    Py_INCREF(headers);
+    Py_INCREF(llhttp);
+    Py_INCREF(sink);
+    store(&PRS(self, chunk), Py_None);
+    store(&PRS(self, url), st->empty);
+    store(&PRS(self, headers), fresh);
+    Py_DECREF(fresh);
+    store(&PRS(self, host), Py_False);
+    store(&PRS(self, in_head), Py_False);
+    store(&PRS(self, in_message), Py_True);
+    PyObject *result = NULL;
+    PyObject *keep_alive = PyObject_CallMethodNoArgs(llhttp, st->should_keep_alive);
+    if (keep_alive != NULL) {
+        PyObject *call[6] = {sink, name, url, st->http11, headers, keep_alive};
+        result = PyObject_VectorcallMethod(st->on_request, call, 6, NULL);
+        Py_DECREF(keep_alive);
+    }
+    Py_DECREF(name);
+    Py_DECREF(url);
+    Py_DECREF(headers);
+    Py_DECREF(llhttp);
+    Py_DECREF(sink);
+    return result;
+}
+
+/* on_message_complete(): always. */
+static PyObject *twin_on_message_complete(conn_state *st, PyObject *owner, PyObject *self,
+                                          PyObject *const *args, Py_ssize_t nargs)
+{
+    ParserTwins *pt = (ParserTwins *)owner;
+    PyObject *end = PRS(self, _on_request_end);
+    if (end == NULL)
+        return NULL;
+    store(&PRS(self, in_message), Py_False);
+    end = PRS(self, _on_request_end);
+    if (end == NULL)
+        return unset("_on_request_end");
+    Py_INCREF(end);
+    PyObject *result = PyObject_CallNoArgs(end);
+    Py_DECREF(end);
+    return result;
+}
+
 /* Bound ------------------------------------------------------------------------------ */
 
 static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
@@ -724,6 +943,99 @@ static PyType_Spec twins_spec = {
     .slots = twins_slots,
 };
 
+/* ParserTwins ----------------------------------------------------------------------- */
+
+static const twin_def PARSER_TWINS[4] = {
+    {"reference_on_url", twin_on_url, 1},
+    {"reference_on_header", twin_on_header, 2},
+    {"reference_on_headers_complete", twin_on_headers_complete, 0},
+    {"reference_on_message_complete", twin_on_message_complete, 0},
+};
+
+static PyObject *parser_twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *parser_class, *check_host, *interned_methods;
+    static char *keywords[] = {"parser_class", "check_host", "interned_methods", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!:ParserTwins", keywords, &parser_class,
+                                     &check_host, &PyDict_Type, &interned_methods))
+        return NULL;
+    if (!PyCallable_Check(check_host)) {
+        PyErr_SetString(PyExc_TypeError, "ParserTwins: check_host must be callable");
+        return NULL;
+    }
+    conn_state *st = state_of(type);
+#define NAME(name) st->name,
+    PyObject *parser_names[N_PARSER] = {PARSER_SLOTS(NAME) st->parser};
+#undef NAME
+    ParserTwins *self = (ParserTwins *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->check_host = Py_NewRef(check_host);
+    self->interned_methods = Py_NewRef(interned_methods);
+    if (find_slots(&self->parser, parser_class, parser_names, N_PARSER) < 0 ||
+        make_twins(st, (PyObject *)self, parser_class, PARSER_TWINS, 4, self->twins) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int parser_twins_traverse(ParserTwins *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->parser.type);
+    Py_VISIT(self->check_host);
+    Py_VISIT(self->interned_methods);
+    for (int i = 0; i < 4; i++)
+        Py_VISIT(self->twins[i]);
+    return 0;
+}
+
+static int parser_twins_clear(ParserTwins *self)
+{
+    Py_CLEAR(self->parser.type);
+    Py_CLEAR(self->check_host);
+    Py_CLEAR(self->interned_methods);
+    for (int i = 0; i < 4; i++)
+        Py_CLEAR(self->twins[i]);
+    return 0;
+}
+
+static void parser_twins_dealloc(ParserTwins *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    parser_twins_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef parser_twins_members[] = {
+    {"on_url", T_OBJECT, offsetof(ParserTwins, twins[0]), READONLY, NULL},
+    {"on_header", T_OBJECT, offsetof(ParserTwins, twins[1]), READONLY, NULL},
+    {"on_headers_complete", T_OBJECT, offsetof(ParserTwins, twins[2]), READONLY, NULL},
+    {"on_message_complete", T_OBJECT, offsetof(ParserTwins, twins[3]), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot parser_twins_slots[] = {
+    {Py_tp_new, parser_twins_new},
+    {Py_tp_traverse, parser_twins_traverse},
+    {Py_tp_clear, parser_twins_clear},
+    {Py_tp_dealloc, parser_twins_dealloc},
+    {Py_tp_members, parser_twins_members},
+    {Py_tp_doc, "ParserTwins(parser_class, check_host, interned_methods): compiled twins of "
+                "HttptoolsParser's llhttp callbacks."},
+    {0, NULL},
+};
+
+static PyType_Spec parser_twins_spec = {
+    .name = "shardserve.shard.http._conn.ParserTwins",
+    .basicsize = sizeof(ParserTwins),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = parser_twins_slots,
+};
+
 /* The module ------------------------------------------------------------------------- */
 
 static int conn_exec(PyObject *module)
@@ -734,7 +1046,8 @@ static int conn_exec(PyObject *module)
         return -1;
     NAMES(INTERN)
 #undef INTERN
-    if ((st->empty = PyBytes_FromStringAndSize("", 0)) == NULL)
+    if ((st->empty = PyBytes_FromStringAndSize("", 0)) == NULL ||
+        (st->http11 = PyUnicode_InternFromString("1.1")) == NULL)
         return -1;
     for (int i = 0; i < 3; i++)
         if ((st->small[i] = PyLong_FromLong(i)) == NULL)
@@ -746,9 +1059,13 @@ static int conn_exec(PyObject *module)
     if (st->twin_type == NULL)
         return -1;
     st->twins_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &twins_spec, NULL);
-    if (st->twins_type == NULL)
+    if (st->twins_type == NULL || PyModule_AddType(module, st->twins_type) < 0)
         return -1;
-    return PyModule_AddType(module, st->twins_type);
+    st->parser_twins_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &parser_twins_spec, NULL);
+    if (st->parser_twins_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->parser_twins_type);
 }
 
 static int conn_traverse(PyObject *module, visitproc visit, void *arg)
@@ -760,6 +1077,8 @@ static int conn_traverse(PyObject *module, visitproc visit, void *arg)
     NAMES(VISIT)
 #undef VISIT
     Py_VISIT(st->empty);
+    Py_VISIT(st->http11);
+    Py_VISIT(st->parser_twins_type);
     for (int i = 0; i < 3; i++)
         Py_VISIT(st->small[i]);
     Py_VISIT(st->bound_type);
@@ -777,6 +1096,8 @@ static int conn_clear(PyObject *module)
     NAMES(CLEAR)
 #undef CLEAR
     Py_CLEAR(st->empty);
+    Py_CLEAR(st->http11);
+    Py_CLEAR(st->parser_twins_type);
     for (int i = 0; i < 3; i++)
         Py_CLEAR(st->small[i]);
     Py_CLEAR(st->bound_type);

@@ -7,12 +7,16 @@ routing checks shared by every back-end (``framing.py``: the Host value, one Hos
 Transfer-Encoding, CONNECT's target), and turns llhttp's events into the sink's calls.
 The Host checks ride on ``on_header``, which compares each name with "host" anyway;
 the others run once per head, in ``on_headers_complete``.
+
+The callbacks here are the references: where ``_conn.c`` is built, its ParserTwins
+take their places and run the common case in C (``install_compiled_callbacks``).
 """
 
 from __future__ import annotations
 
 import httptools
 
+from . import compiled
 from .framing import check_connect_target, check_host, check_transfer_encoding
 from .parser import INTERNED_METHODS, Limits, ParseError, RequestSink, check_version, decode_method
 
@@ -184,3 +188,25 @@ class HttptoolsParser:
     def on_message_complete(self) -> None:
         self.in_message = False
         self._on_request_end()
+
+
+# The references of _conn.c's ParserTwins (tests call them directly).
+HttptoolsParser.reference_on_url = HttptoolsParser.on_url
+HttptoolsParser.reference_on_header = HttptoolsParser.on_header
+HttptoolsParser.reference_on_headers_complete = HttptoolsParser.on_headers_complete
+HttptoolsParser.reference_on_message_complete = HttptoolsParser.on_message_complete
+
+
+def install_compiled_callbacks() -> None:
+    """Put _conn.c's twins in place of the four llhttp callbacks, where it is built."""
+    module = compiled.load("_conn")
+    if module is None:
+        return
+    twins = module.ParserTwins(
+        parser_class=HttptoolsParser, check_host=check_host, interned_methods=INTERNED_METHODS
+    )
+    for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
+        setattr(HttptoolsParser, name, getattr(twins, name))
+
+
+install_compiled_callbacks()
