@@ -28,8 +28,6 @@ HttptoolsParser = httptools_module.HttptoolsParser
 if type(HttptoolsParser.__dict__["on_url"]).__name__ != "Twin":
     pytest.skip("_conn.c not built (or SHARDSERVE_PURE_PYTHON=1)", allow_module_level=True)
 
-from shardserve.shard.http import _conn  # noqa: E402
-from shardserve.shard.http.framing import check_host  # noqa: E402
 from test_parser_differential import (  # noqa: E402
     SMALL,
     Recorder,
@@ -38,6 +36,9 @@ from test_parser_differential import (  # noqa: E402
     streams_and_cuts,
     valid_streams,
 )
+
+from shardserve.shard.http import _conn  # noqa: E402
+from shardserve.shard.http.framing import check_host  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PARSER_TWINS_EXAMPLES", "600"))
 STATE = ("url", "headers", "host", "last_host", "transfer_encoding", "in_head", "in_message",
