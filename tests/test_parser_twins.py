@@ -38,7 +38,6 @@ from test_parser_differential import (  # noqa: E402
 )
 
 from shardserve.shard.http import _conn  # noqa: E402
-from shardserve.shard.http.framing import check_host  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PARSER_TWINS_EXAMPLES", "600"))
 STATE = ("url", "headers", "host", "last_host", "transfer_encoding", "in_head", "in_message",
@@ -151,7 +150,7 @@ def counting_parser_class():
         namespace["reference_" + name] = counted(name)
     cls = type("CountingParser", (HttptoolsParser,), namespace)
     twins = _conn.ParserTwins(
-        parser_class=cls, check_host=check_host, interned_methods=INTERNED_METHODS
+        parser_class=cls, globals=vars(httptools_module), interned_methods=INTERNED_METHODS
     )
     for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
         setattr(cls, name, getattr(twins, name))

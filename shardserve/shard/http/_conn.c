@@ -1,15 +1,24 @@
-/* Compiled twins of HttpConnection's per-request methods (protocol.py): data_received,
- * on_request, on_request_end and response_done, the glue between the parser, the
- * scope, the request cycle and the eager start.
+/* Compiled twins of the per-request path from llhttp to the request cycle: the llhttp
+ * callbacks of HttptoolsParser (parser_httptools.py) and HttpConnection's per-request
+ * methods (protocol.py).  One Python frame each was most of what a request cost
+ * between the parser and the app.
  *
- * ConnTwins(connection_class, cycle_class, counters_class, parse_error, request_scope,
- * account, perf_counter) holds what they share; its attributes data_received,
- * on_request, on_request_end and response_done are descriptors put in place of the
- * methods of the same names (protocol.py, install_compiled_connection).  Each does
- * what its reference does (the same attributes set, in the same order, the same calls
- * made) for the common case, and calls the reference, HttpConnection.reference_<name>,
- * for anything else, deciding before it changes anything:
+ * ParserTwins(parser_class, globals, interned_methods) and ConnTwins(connection_class,
+ * cycle_class, counters_class, parse_error, request_scope, account, perf_counter) hold
+ * what their twins share; their attributes are Twin descriptors put in place of the
+ * methods of the same names (install_compiled_callbacks, install_compiled_connection).
+ * Each does what its reference, <class>.reference_<name>, does (the same attributes set,
+ * in the same order, the same calls made, the same errors) for the common case, and
+ * calls the reference for anything else, deciding before it changes anything:
  *
+ * - on_url: the target in one piece, within --limit-request-line.
+ * - on_header: a field within --limit-request-field-size, its name at most 32 bytes,
+ *   not Transfer-Encoding, not a second Host (a new Host value still goes through
+ *   framing's check_host, looked up in the module's globals).
+ * - on_headers_complete: the head began the read (its version is read there, as the
+ *   reference does), HTTP/1.1 with a Host, no Transfer-Encoding, a method among
+ *   INTERNED_METHODS other than CONNECT, within --limit-request-fields.
+ * - on_message_complete: always.
  * - data_received: always (it only counts, marks and calls: parser.feed, reject for a
  *   ParseError, and each ready cycle's run() through the connection's start).
  * - on_request: no --limit-concurrency, no --limit-request-body, no exchange running
@@ -23,8 +32,9 @@
  *
  * Objects of another class (a subclass too) go to the reference.  Multi-phase
  * initialisation, heap types and module state only: it loads in every interpreter,
- * own-GIL subinterpreters included.  tests/test_conn_twins.py holds it to the
- * references; CI runs the HTTP suite with and without it, and valgrind over it.
+ * own-GIL subinterpreters included.  tests/test_parser_twins.py and
+ * tests/test_conn_twins.py hold it to the references; CI runs the HTTP suite with and
+ * without it, and valgrind over those tests.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -68,7 +78,7 @@ enum { PARSER_SLOTS(ENUMERATE) P_parser, N_PARSER };
     CONN_SLOTS(X) X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body)     \
     X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
     X(now) X(limit_concurrency) X(after_response) PARSER_SLOTS(X) X(request_line) X(fields) \
-    X(get_method) X(should_keep_alive) X(on_request)
+    X(get_method) X(should_keep_alive) X(on_request) X(check_host)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
@@ -451,7 +461,7 @@ static PyObject *twin_response_done(conn_state *st, PyObject *owner, PyObject *c
 typedef struct {
     PyObject_HEAD
     slot_table parser;
-    PyObject *check_host;       /* framing.check_host */
+    PyObject *globals;          /* parser_httptools's: check_host is looked up there */
     PyObject *interned_methods; /* parser.INTERNED_METHODS: bytes -> str */
     PyObject *twins[4];
 } ParserTwins;
@@ -547,8 +557,17 @@ static PyObject *twin_on_header(conn_state *st, PyObject *owner, PyObject *self,
         PyObject *last = PRS(self, last_host);
         int same = last != NULL && PyBytes_CheckExact(last) &&
                    PyBytes_GET_SIZE(last) == end && memcmp(PyBytes_AS_STRING(last), text, end) == 0;
-        if (!same) {
-            PyObject *checked = PyObject_CallOneArg(pt->check_host, stripped);
+        if (!same) { /* (a new Host value: once per connection, as a rule) */
+            PyObject *check_host = PyDict_GetItemWithError(pt->globals, st->check_host);
+            if (check_host == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_NameError, "name 'check_host' is not defined");
+                Py_DECREF(field);
+                return NULL;
+            }
+            Py_INCREF(check_host);
+            PyObject *checked = PyObject_CallOneArg(check_host, stripped);
+            Py_DECREF(check_host);
             if (checked == NULL) {
                 Py_DECREF(field);
                 return NULL;
@@ -954,15 +973,11 @@ static const twin_def PARSER_TWINS[4] = {
 
 static PyObject *parser_twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *parser_class, *check_host, *interned_methods;
-    static char *keywords[] = {"parser_class", "check_host", "interned_methods", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO!:ParserTwins", keywords, &parser_class,
-                                     &check_host, &PyDict_Type, &interned_methods))
+    PyObject *parser_class, *globals, *interned_methods;
+    static char *keywords[] = {"parser_class", "globals", "interned_methods", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!:ParserTwins", keywords, &parser_class,
+                                     &PyDict_Type, &globals, &PyDict_Type, &interned_methods))
         return NULL;
-    if (!PyCallable_Check(check_host)) {
-        PyErr_SetString(PyExc_TypeError, "ParserTwins: check_host must be callable");
-        return NULL;
-    }
     conn_state *st = state_of(type);
 #define NAME(name) st->name,
     PyObject *parser_names[N_PARSER] = {PARSER_SLOTS(NAME) st->parser};
@@ -970,7 +985,7 @@ static PyObject *parser_twins_new(PyTypeObject *type, PyObject *args, PyObject *
     ParserTwins *self = (ParserTwins *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->check_host = Py_NewRef(check_host);
+    self->globals = Py_NewRef(globals);
     self->interned_methods = Py_NewRef(interned_methods);
     if (find_slots(&self->parser, parser_class, parser_names, N_PARSER) < 0 ||
         make_twins(st, (PyObject *)self, parser_class, PARSER_TWINS, 4, self->twins) < 0) {
@@ -984,7 +999,7 @@ static int parser_twins_traverse(ParserTwins *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->parser.type);
-    Py_VISIT(self->check_host);
+    Py_VISIT(self->globals);
     Py_VISIT(self->interned_methods);
     for (int i = 0; i < 4; i++)
         Py_VISIT(self->twins[i]);
@@ -994,7 +1009,7 @@ static int parser_twins_traverse(ParserTwins *self, visitproc visit, void *arg)
 static int parser_twins_clear(ParserTwins *self)
 {
     Py_CLEAR(self->parser.type);
-    Py_CLEAR(self->check_host);
+    Py_CLEAR(self->globals);
     Py_CLEAR(self->interned_methods);
     for (int i = 0; i < 4; i++)
         Py_CLEAR(self->twins[i]);
@@ -1024,7 +1039,7 @@ static PyType_Slot parser_twins_slots[] = {
     {Py_tp_clear, parser_twins_clear},
     {Py_tp_dealloc, parser_twins_dealloc},
     {Py_tp_members, parser_twins_members},
-    {Py_tp_doc, "ParserTwins(parser_class, check_host, interned_methods): compiled twins of "
+    {Py_tp_doc, "ParserTwins(parser_class, globals, interned_methods): compiled twins of "
                 "HttptoolsParser's llhttp callbacks."},
     {0, NULL},
 };

@@ -203,7 +203,7 @@ def install_compiled_callbacks() -> None:
     if module is None:
         return
     twins = module.ParserTwins(
-        parser_class=HttptoolsParser, check_host=check_host, interned_methods=INTERNED_METHODS
+        parser_class=HttptoolsParser, globals=globals(), interned_methods=INTERNED_METHODS
     )
     for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
         setattr(HttptoolsParser, name, getattr(twins, name))
