@@ -1,6 +1,6 @@
-"""_conn.c's ParserTwins (the llhttp callbacks of HttptoolsParser in C) against the
-references they mirror (parser_httptools.py's on_url, on_header, on_headers_complete,
-on_message_complete).
+"""_conn.c's ParserTwins (HttptoolsParser's feed and llhttp callbacks in C) against
+the references they mirror (parser_httptools.py's feed, on_url, on_header,
+on_headers_complete, on_message_complete).
 
 Each example feeds the same bytes, cut the same way, to an HttptoolsParser with the
 twins and to one with the references (a subclass: twins take only the exact class),
@@ -48,6 +48,7 @@ class ReferenceParser(HttptoolsParser):
     """The references, by name (a subclass gets them from the twins anyway)."""
 
     __slots__ = ()
+    feed = HttptoolsParser.reference_feed
     on_url = HttptoolsParser.reference_on_url
     on_header = HttptoolsParser.reference_on_header
     on_headers_complete = HttptoolsParser.reference_on_headers_complete
@@ -146,13 +147,13 @@ def counting_parser_class():
         return call
 
     namespace = {"__slots__": ()}
-    for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
+    for name in ("feed", "on_url", "on_header", "on_headers_complete", "on_message_complete"):
         namespace["reference_" + name] = counted(name)
     cls = type("CountingParser", (HttptoolsParser,), namespace)
     twins = _conn.ParserTwins(
         parser_class=cls, globals=vars(httptools_module), interned_methods=INTERNED_METHODS
     )
-    for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
+    for name in ("feed", "on_url", "on_header", "on_headers_complete", "on_message_complete"):
         setattr(cls, name, getattr(twins, name))
     return cls, calls
 

@@ -11,6 +11,8 @@
  * in the same order, the same calls made, the same errors) for the common case, and
  * calls the reference for anything else, deciding before it changes anything:
  *
+ * - feed: no head arriving in pieces (what llhttp stopping means is the reference's
+ *   feed_failed).
  * - on_url: the target in one piece, within --limit-request-line.
  * - on_header: a field within --limit-request-field-size, its name at most 32 bytes,
  *   not Transfer-Encoding, not a second Host (a new Host value still goes through
@@ -78,7 +80,8 @@ enum { PARSER_SLOTS(ENUMERATE) P_parser, N_PARSER };
     CONN_SLOTS(X) X(conn) X(scope) X(keep_alive) X(task) X(started) X(request) X(body)     \
     X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
     X(now) X(limit_concurrency) X(after_response) PARSER_SLOTS(X) X(request_line) X(fields) \
-    X(get_method) X(should_keep_alive) X(on_request) X(check_host)
+    X(get_method) X(should_keep_alive) X(on_request) X(check_host) X(feed_data)            \
+    X(feed_failed) X(_LLHTTP_STOPPED)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
@@ -463,7 +466,7 @@ typedef struct {
     slot_table parser;
     PyObject *globals;          /* parser_httptools's: check_host is looked up there */
     PyObject *interned_methods; /* parser.INTERNED_METHODS: bytes -> str */
-    PyObject *twins[4];
+    PyObject *twins[5];
 } ParserTwins;
 
 #define PRS(obj, name) (*(PyObject **)((char *)(obj) + pt->parser.offsets[P_##name]))
@@ -478,6 +481,48 @@ static Py_ssize_t int_attr(PyObject *obj, PyObject *name)
     Py_XDECREF(value);
     if (result < 0)
         PyErr_Clear();
+    return result;
+}
+
+/* feed(data): no head arriving in pieces.  When llhttp stops (an error, an upgrade),
+ * what that means is the reference's feed_failed. */
+static PyObject *twin_feed(conn_state *st, PyObject *owner, PyObject *self,
+                           PyObject *const *args, Py_ssize_t nargs)
+{
+    ParserTwins *pt = (ParserTwins *)owner;
+    PyObject *data = args[0];
+    PyObject *in_message = PRS(self, in_message);
+    if (PRS(self, in_head) != Py_False || !PyBool_Check(in_message) || !PyBytes_CheckExact(data) ||
+        PRS(self, parser) == NULL)
+        return NULL;
+    /* Unless a body is still arriving, this read starts with a request line. */
+    store(&PRS(self, chunk), in_message == Py_True ? Py_None : data);
+    PyObject *llhttp = Py_NewRef(PRS(self, parser));
+    PyObject *fed = PyObject_CallMethodOneArg(llhttp, st->feed_data, data);
+    Py_DECREF(llhttp);
+    if (fed != NULL)
+        return fed;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *stopped = PyDict_GetItemWithError(pt->globals, st->_LLHTTP_STOPPED);
+    if (stopped == NULL || !PyErr_GivenExceptionMatches(type, stopped)) {
+        if (stopped == NULL && PyErr_Occurred()) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+            return NULL;
+        }
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *call[3] = {self, data, value};
+    PyObject *result = PyObject_VectorcallMethod(st->feed_failed, call, 3, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
     return result;
 }
 
@@ -964,7 +1009,8 @@ static PyType_Spec twins_spec = {
 
 /* ParserTwins ----------------------------------------------------------------------- */
 
-static const twin_def PARSER_TWINS[4] = {
+static const twin_def PARSER_TWINS[5] = {
+    {"reference_feed", twin_feed, 1},
     {"reference_on_url", twin_on_url, 1},
     {"reference_on_header", twin_on_header, 2},
     {"reference_on_headers_complete", twin_on_headers_complete, 0},
@@ -988,7 +1034,7 @@ static PyObject *parser_twins_new(PyTypeObject *type, PyObject *args, PyObject *
     self->globals = Py_NewRef(globals);
     self->interned_methods = Py_NewRef(interned_methods);
     if (find_slots(&self->parser, parser_class, parser_names, N_PARSER) < 0 ||
-        make_twins(st, (PyObject *)self, parser_class, PARSER_TWINS, 4, self->twins) < 0) {
+        make_twins(st, (PyObject *)self, parser_class, PARSER_TWINS, 5, self->twins) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -1001,7 +1047,7 @@ static int parser_twins_traverse(ParserTwins *self, visitproc visit, void *arg)
     Py_VISIT(self->parser.type);
     Py_VISIT(self->globals);
     Py_VISIT(self->interned_methods);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         Py_VISIT(self->twins[i]);
     return 0;
 }
@@ -1011,7 +1057,7 @@ static int parser_twins_clear(ParserTwins *self)
     Py_CLEAR(self->parser.type);
     Py_CLEAR(self->globals);
     Py_CLEAR(self->interned_methods);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         Py_CLEAR(self->twins[i]);
     return 0;
 }
@@ -1026,10 +1072,11 @@ static void parser_twins_dealloc(ParserTwins *self)
 }
 
 static PyMemberDef parser_twins_members[] = {
-    {"on_url", T_OBJECT, offsetof(ParserTwins, twins[0]), READONLY, NULL},
-    {"on_header", T_OBJECT, offsetof(ParserTwins, twins[1]), READONLY, NULL},
-    {"on_headers_complete", T_OBJECT, offsetof(ParserTwins, twins[2]), READONLY, NULL},
-    {"on_message_complete", T_OBJECT, offsetof(ParserTwins, twins[3]), READONLY, NULL},
+    {"feed", T_OBJECT, offsetof(ParserTwins, twins[0]), READONLY, NULL},
+    {"on_url", T_OBJECT, offsetof(ParserTwins, twins[1]), READONLY, NULL},
+    {"on_header", T_OBJECT, offsetof(ParserTwins, twins[2]), READONLY, NULL},
+    {"on_headers_complete", T_OBJECT, offsetof(ParserTwins, twins[3]), READONLY, NULL},
+    {"on_message_complete", T_OBJECT, offsetof(ParserTwins, twins[4]), READONLY, NULL},
     {NULL},
 };
 

@@ -25,6 +25,8 @@ _HttpParserError = httptools.HttpParserError
 # llhttp's error for HTTP/2's connection preface ("PRI * HTTP/2.0").
 _H2_PREFACE = "Pause on PRI/Upgrade"
 _HttpParserUpgrade = httptools.HttpParserUpgrade
+# What feed_data raises when llhttp stops (feed_failed says what each means).
+_LLHTTP_STOPPED = (_HttpParserError, _HttpParserUpgrade)
 
 
 class HttptoolsParser:
@@ -83,21 +85,32 @@ class HttptoolsParser:
         try:
             self.parser.feed_data(data)
             return
-        except _HttpParserCallbackError as exc:
+        except _LLHTTP_STOPPED as exc:
+            stopped = exc
+        # (Not inside the except clause: an error raised in feed_failed would carry
+        # the upgrade as its context, and a ParseError in the rest would escape
+        # unrecognised.)
+        try:
+            self.feed_failed(data, stopped)
+        finally:
+            del stopped  # (no cycle through this frame's traceback)
+
+    def feed_failed(self, data: bytes, exc: Exception) -> None:
+        """llhttp stopped on ``data``: a callback raised, the request is malformed, or it
+        asked to switch protocols (_conn.c's feed twin calls this too)."""
+        if isinstance(exc, _HttpParserCallbackError):
             cause = exc.__context__
             if isinstance(cause, ParseError):
                 raise cause from None
-            raise
-        except _HttpParserUpgrade as exc:
+            raise exc
+        if isinstance(exc, _HttpParserUpgrade):
             offset = exc.args[0] if exc.args else len(data)
-        except _HttpParserError as exc:
-            if str(exc) == _H2_PREFACE:  # (HTTP/2 off, or not in cleartext: as elsewhere)
-                raise ParseError(505, "HTTP/2 is not served here") from None
+        elif str(exc) == _H2_PREFACE:  # (HTTP/2 off, or not in cleartext: as elsewhere)
+            raise ParseError(505, "HTTP/2 is not served here") from None
+        else:
             raise ParseError(400, str(exc) or "malformed request") from None
         # Upgrade and CONNECT stop llhttp after the head.  The sink switches protocols
         # (WebSocket) or the request is served as plain HTTP and parsing goes on afresh.
-        # (Not inside the except clause: an error raised there would carry the upgrade
-        # as its context, and a ParseError in the rest would escape unrecognised.)
         rest = data[offset:]
         if self.sink.on_upgrade(rest):
             return
@@ -191,6 +204,7 @@ class HttptoolsParser:
 
 
 # The references of _conn.c's ParserTwins (tests call them directly).
+HttptoolsParser.reference_feed = HttptoolsParser.feed
 HttptoolsParser.reference_on_url = HttptoolsParser.on_url
 HttptoolsParser.reference_on_header = HttptoolsParser.on_header
 HttptoolsParser.reference_on_headers_complete = HttptoolsParser.on_headers_complete
@@ -198,14 +212,14 @@ HttptoolsParser.reference_on_message_complete = HttptoolsParser.on_message_compl
 
 
 def install_compiled_callbacks() -> None:
-    """Put _conn.c's twins in place of the four llhttp callbacks, where it is built."""
+    """Put _conn.c's twins in place of feed and the llhttp callbacks, where it is built."""
     module = compiled.load("_conn")
     if module is None:
         return
     twins = module.ParserTwins(
         parser_class=HttptoolsParser, globals=globals(), interned_methods=INTERNED_METHODS
     )
-    for name in ("on_url", "on_header", "on_headers_complete", "on_message_complete"):
+    for name in ("feed", "on_url", "on_header", "on_headers_complete", "on_message_complete"):
         setattr(HttptoolsParser, name, getattr(twins, name))
 
 
