@@ -1,11 +1,12 @@
-"""_conn.c's ParserTwins (HttptoolsParser's feed and llhttp callbacks in C) against
-the references they mirror (parser_httptools.py's feed, on_url, on_header,
-on_headers_complete, on_message_complete).
+"""_conn.c's parser twins against the references they mirror: ParserTwins
+(HttptoolsParser's feed and llhttp callbacks: parser_httptools.py's feed, on_url,
+on_header, on_headers_complete, on_message_complete) and PythonTwins (PythonParser's
+feed, parser_python.py).
 
-Each example feeds the same bytes, cut the same way, to an HttptoolsParser with the
-twins and to one with the references (a subclass: twins take only the exact class),
-and compares what the sink was told, the error raised (status and reason), and the
-parser's state after.  The inputs are test_parser_differential.py's: valid and
+Each example feeds the same bytes, cut the same way, to a parser with the twins and to
+one with the references (a subclass: twins take only the exact class), and compares
+what the sink was told, the error raised (status and reason), and the parser's state
+after each read.  The inputs are test_parser_differential.py's: valid and
 malformed request streams, pipelined, cut anywhere.  Ordinary requests must take the
 compiled path; no object may leak.  CI runs this module under valgrind too.
 """
@@ -20,7 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shardserve.shard.http import parser_python
 from shardserve.shard.http.parser import INTERNED_METHODS, Limits, ParseError
+from shardserve.shard.http.parser_python import PythonParser
 
 httptools_module = pytest.importorskip("shardserve.shard.http.parser_httptools")
 HttptoolsParser = httptools_module.HttptoolsParser
@@ -40,8 +43,11 @@ from test_parser_differential import (  # noqa: E402
 from shardserve.shard.http import _conn  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PARSER_TWINS_EXAMPLES", "600"))
-STATE = ("url", "headers", "host", "last_host", "transfer_encoding", "in_head", "in_message",
-         "head_bytes", "chunk")  # fmt: skip
+STATE = {
+    HttptoolsParser: ("url", "headers", "host", "last_host", "transfer_encoding", "in_head",
+                      "in_message", "head_bytes", "chunk"),
+    PythonParser: ("state", "buf", "scanned", "line_seen", "remaining", "upgrade", "last_host"),
+}  # fmt: skip
 
 
 class ReferenceParser(HttptoolsParser):
@@ -55,7 +61,17 @@ class ReferenceParser(HttptoolsParser):
     on_message_complete = HttptoolsParser.reference_on_message_complete
 
 
+class ReferencePythonParser(PythonParser):
+    __slots__ = ()
+    feed = PythonParser.reference_feed
+
+
+REFERENCES = {HttptoolsParser: ReferenceParser, PythonParser: ReferencePythonParser}
+PARSERS = st.sampled_from([HttptoolsParser, PythonParser])
+
+
 def outcome(parser_class: type, pieces: list[bytes], limits: Limits) -> tuple:
+    names = STATE[HttptoolsParser if issubclass(parser_class, HttptoolsParser) else PythonParser]
     sink = Recorder()
     parser = parser_class(sink, limits)
     final: tuple = ("ok",)
@@ -66,19 +82,20 @@ def outcome(parser_class: type, pieces: list[bytes], limits: Limits) -> tuple:
                 break
             sink.fed += len(piece)
             parser.feed(piece)
-            states.append(tuple(getattr(parser, name, "<unset>") for name in STATE))
+            states.append(tuple(getattr(parser, name, "<unset>") for name in names))
     except ParseError as exc:
         final = ("error", exc.status, exc.reason)
     except Exception as exc:  # noqa: BLE001 - compared: both must fail alike
         final = ("crash", type(exc).__name__, str(exc))
-    state = tuple(getattr(parser, name, "<unset>") for name in STATE)
-    parser.release()
+    state = tuple(getattr(parser, name, "<unset>") for name in names)
+    if hasattr(parser, "release"):
+        parser.release()
     return (sink.requests, sink.ends, sink.offered, sink.violations, final, state, states)
 
 
-def assert_alike(pieces: list[bytes], limits: Limits) -> tuple:
-    compiled = outcome(HttptoolsParser, pieces, limits)
-    assert compiled == outcome(ReferenceParser, pieces, limits), pieces
+def assert_alike(pieces: list[bytes], limits: Limits, parser=HttptoolsParser) -> tuple:
+    compiled = outcome(parser, pieces, limits)
+    assert compiled == outcome(REFERENCES[parser], pieces, limits), pieces
     return compiled
 
 
@@ -87,24 +104,33 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=
 
 
 @SETTINGS
-@given(streams_and_cuts(), LIMITS)
-def test_cut_streams(case, limits):
+@given(streams_and_cuts(), LIMITS, PARSERS)
+def test_cut_streams(case, limits, parser):
     raw, pieces = case
-    assert_alike([raw], limits)
-    assert_alike(pieces, limits)
+    assert_alike([raw], limits, parser)
+    assert_alike(pieces, limits, parser)
 
 
 @SETTINGS
-@given(streams, LIMITS)
-def test_streams_whole(raw, limits):
-    assert_alike([raw], limits)
+@given(streams, LIMITS, PARSERS)
+def test_streams_whole(raw, limits, parser):
+    assert_alike([raw], limits, parser)
 
 
 @SETTINGS
-@given(valid_streams(), st.lists(st.integers(0, 400), max_size=4))
-def test_valid_streams(raw, cuts):
-    result = assert_alike(split(raw, cuts), Limits())
+@given(valid_streams(), st.lists(st.integers(0, 400), max_size=4), PARSERS)
+def test_valid_streams(raw, cuts, parser):
+    result = assert_alike(split(raw, cuts), Limits(), parser)
     assert result[4] == ("ok",) or result[4][0] != "crash", result
+
+
+@SETTINGS
+@given(valid_streams(), st.integers(1, 4))
+def test_one_head_per_read(raw, repeat):
+    """The reads PythonTwins takes: each one whole head (the first request of each
+    valid stream, repeated as a keep-alive client sends it)."""
+    end = raw.find(b"\r\n\r\n") + 4
+    assert_alike([raw[:end]] * repeat, Limits(), PythonParser)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +154,11 @@ def test_valid_streams(raw, cuts):
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nrest",
     ],
 )
-def test_edge_cases(raw):
+@pytest.mark.parametrize("parser", [HttptoolsParser, PythonParser])
+def test_edge_cases(raw, parser):
     for pieces in ([raw], [raw[:7], raw[7:]], [raw[i : i + 1] for i in range(min(len(raw), 300))]):
-        assert_alike(pieces, Limits())
+        assert_alike(pieces, Limits(), parser)
+    assert_alike([raw, raw], Limits(), parser)
 
 
 def counting_parser_class():
@@ -174,6 +202,28 @@ def test_ordinary_requests_take_the_compiled_path():
     assert calls.count("on_headers_complete") == 1
 
 
+def test_a_read_holding_one_head_takes_the_compiled_path():
+    calls = []
+
+    def counted(self, data):
+        calls.append(data)
+        return PythonParser.reference_feed(self, data)
+
+    cls = type(
+        "CountingPythonParser", (PythonParser,), {"__slots__": (), "reference_feed": counted}
+    )
+    cls.feed = _conn.PythonTwins(parser_class=cls, globals=vars(parser_python)).feed
+    raw = b"GET /a?b HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+    requests, _, _, violations, final, *_ = outcome(cls, [raw] * 5, Limits())
+    assert final == ("ok",) and not violations and len(requests) == 5
+    assert calls == []
+    body = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab"
+    for other in (raw * 2, raw[:10], b"GET / HTTP/1.0\r\n\r\n", body):
+        outcome(cls, [other], Limits())
+        assert calls == [other]
+        calls.clear()
+
+
 def test_no_object_is_leaked():
     raws = [
         b"GET / HTTP/1.1\r\nHost: a\r\nX: y \r\n\r\n" * 20,
@@ -186,6 +236,9 @@ def test_no_object_is_leaked():
         for raw in raws:
             for _ in range(20):
                 outcome(HttptoolsParser, [raw], Limits())
+                outcome(PythonParser, [raw], Limits())
+        for _ in range(20):
+            outcome(PythonParser, [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"] * 5, Limits())
 
     many()
     gc.collect()

@@ -71,6 +71,11 @@ enum { CYCLE_SLOTS(ENUMERATE) N_CYCLE };
 #define ENUMERATE(name) K_##name,
 enum { COUNTER_SLOTS(ENUMERATE) N_COUNTER };
 #undef ENUMERATE
+/* PythonParser's (parser_python.py), besides sink, limits, state and last_host. */
+#define PYTHON_SLOTS(X) X(buf) X(scanned) X(line_seen) X(upgrade) X(on_request_end)
+#define ENUMERATE(name) Q_##name,
+enum { PYTHON_SLOTS(ENUMERATE) Q_sink, Q_limits, Q_state, Q_last_host, N_PYTHON };
+#undef ENUMERATE
 #define ENUMERATE(name) P_##name,
 enum { PARSER_SLOTS(ENUMERATE) P_parser, N_PARSER };
 #undef ENUMERATE
@@ -81,7 +86,7 @@ enum { PARSER_SLOTS(ENUMERATE) P_parser, N_PARSER };
     X(waiter) X(expect_checked) X(bytes_in) X(feed) X(reject) X(status) X(reason) X(run)   \
     X(now) X(limit_concurrency) X(after_response) PARSER_SLOTS(X) X(request_line) X(fields) \
     X(get_method) X(should_keep_alive) X(on_request) X(check_host) X(feed_data)            \
-    X(feed_failed) X(_LLHTTP_STOPPED)
+    X(feed_failed) X(_LLHTTP_STOPPED) PYTHON_SLOTS(X) X(split_fast) X(_switch)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
@@ -92,6 +97,7 @@ typedef struct {
     PyObject *small[3]; /* 0, 1, 2 */
     PyTypeObject *twins_type;
     PyTypeObject *parser_twins_type;
+    PyTypeObject *python_twins_type;
     PyTypeObject *twin_type;
     PyTypeObject *bound_type;
 } conn_state;
@@ -1098,6 +1104,223 @@ static PyType_Spec parser_twins_spec = {
     .slots = parser_twins_slots,
 };
 
+/* PythonParser.feed ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    slot_table parser;
+    PyObject *globals; /* parser_python's: split_fast and check_host are looked up there */
+    PyObject *twins[1];
+} PythonTwins;
+
+#define PYP(obj, name) (*(PyObject **)((char *)(obj) + py->parser.offsets[Q_##name]))
+
+/* A global of the parser's module (borrowed), or NULL with an error. */
+static PyObject *global(PyObject *globals, PyObject *name)
+{
+    PyObject *value = PyDict_GetItemWithError(globals, name);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_NameError, "name %R is not defined", name);
+    return value;
+}
+
+/* feed(data): one whole request head, without a body, that is all the read holds,
+ * while nothing is buffered: an HTTP/1.1 GET-like request on a keep-alive connection.
+ * The head is split by split_fast (the compiled splitter, or the reference), as the
+ * reference splits it; anything it does not leave plain (framing fields, Connection,
+ * Upgrade, CONNECT, HTTP/1.0, no Host) is the reference's. */
+static PyObject *twin_python_feed(conn_state *st, PyObject *owner, PyObject *self,
+                                  PyObject *const *args, Py_ssize_t nargs)
+{
+    PythonTwins *py = (PythonTwins *)owner;
+    PyObject *data = args[0];
+    PyObject *buf = PYP(self, buf), *limits = PYP(self, limits), *sink = PYP(self, sink);
+    if (!PyBytes_CheckExact(data) || buf == NULL || !PyBytes_CheckExact(buf) ||
+        PyBytes_GET_SIZE(buf) != 0 || !is_small(PYP(self, state), 0) ||
+        !is_small(PYP(self, scanned), 0) || PYP(self, line_seen) != Py_False ||
+        PYP(self, upgrade) != Py_False || limits == NULL || sink == NULL ||
+        PYP(self, on_request_end) == NULL)
+        return NULL;
+    const char *text = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (size < 4 || text[0] == '\r' || memcmp(text + size - 4, "\r\n\r\n", 4) != 0)
+        return NULL;
+    for (const char *cr = text; (cr = memchr(cr, '\r', size - 4 - (cr - text))) != NULL; cr++)
+        if (memcmp(cr, "\r\n\r\n", 4) == 0)
+            return NULL; /* (a head ends before the read does: a body, or more heads) */
+    Py_ssize_t request_line = int_attr(limits, st->request_line);
+    Py_ssize_t field_size = int_attr(limits, st->field_size);
+    Py_ssize_t fields = int_attr(limits, st->fields);
+    PyObject *split = PyDict_GetItemWithError(py->globals, st->split_fast);
+    if (request_line < 0 || field_size < 0 || fields < 0 || split == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *head = PyBytes_FromStringAndSize(text, size - 4);
+    if (head == NULL)
+        return NULL;
+    PyObject *numbers[3] = {PyLong_FromSsize_t(request_line), PyLong_FromSsize_t(field_size),
+                            PyLong_FromSsize_t(fields)};
+    PyObject *result = NULL;
+    if (numbers[0] != NULL && numbers[1] != NULL && numbers[2] != NULL) {
+        PyObject *call[4] = {head, numbers[0], numbers[1], numbers[2]};
+        Py_INCREF(split);
+        result = PyObject_Vectorcall(split, call, 4, NULL);
+        Py_DECREF(split);
+    }
+    Py_DECREF(head);
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(numbers[i]);
+    if (result == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory(); /* (a ParseError, as the reference) */
+    /* (method, target, http_version, headers, host, content_length, transfer_encoding,
+     *  connection, upgrade) */
+    PyObject *method, *version, *host;
+    if (!PyTuple_CheckExact(result) || PyTuple_GET_SIZE(result) != 9 ||
+        !PyUnicode_CheckExact(method = PyTuple_GET_ITEM(result, 0)) ||
+        PyUnicode_CompareWithASCIIString(method, "CONNECT") == 0 ||
+        !PyUnicode_CheckExact(version = PyTuple_GET_ITEM(result, 2)) ||
+        PyUnicode_CompareWithASCIIString(version, "1.1") != 0 ||
+        !PyBytes_CheckExact(host = PyTuple_GET_ITEM(result, 4)) ||
+        PyTuple_GET_ITEM(result, 5) != Py_None || PyTuple_GET_ITEM(result, 6) != Py_None ||
+        PyTuple_GET_ITEM(result, 7) != Py_None || PyTuple_GET_ITEM(result, 8) != Py_False) {
+        Py_DECREF(result); /* (None too: a head the compiled splitter leaves) */
+        return NULL;
+    }
+
+    /* Taken: as the reference's _head, then the request's end. */
+    Py_INCREF(sink);
+    PyObject *last = PYP(self, last_host);
+    int same = last != NULL && PyBytes_CheckExact(last) &&
+               PyBytes_GET_SIZE(last) == PyBytes_GET_SIZE(host) &&
+               memcmp(PyBytes_AS_STRING(last), PyBytes_AS_STRING(host), PyBytes_GET_SIZE(host)) == 0;
+    PyObject *done = NULL;
+    if (!same) {
+        PyObject *check_host = global(py->globals, st->check_host);
+        PyObject *checked = check_host == NULL ? NULL : PyObject_CallOneArg(check_host, host);
+        if (checked == NULL)
+            goto finish;
+        Py_DECREF(checked);
+        store(&PYP(self, last_host), host);
+    }
+    store(&PYP(self, upgrade), Py_False);
+    PyObject *call[6] = {sink, method, PyTuple_GET_ITEM(result, 1), version,
+                         PyTuple_GET_ITEM(result, 3), Py_True};
+    done = PyObject_VectorcallMethod(st->on_request, call, 6, NULL);
+    if (done == NULL)
+        goto finish;
+    Py_DECREF(done);
+    PyObject *request_end = PYP(self, on_request_end);
+    if (request_end == NULL) {
+        done = unset("on_request_end");
+        goto finish;
+    }
+    Py_INCREF(request_end);
+    done = PyObject_CallNoArgs(request_end);
+    Py_DECREF(request_end);
+    if (done == NULL)
+        goto finish;
+    Py_DECREF(done);
+    PyObject *state = st->small[0];
+    if (PYP(self, upgrade) != Py_False) { /* (not from here: the reference's way on) */
+        PyObject *call2[3] = {self, data, NULL};
+        call2[2] = PyLong_FromSsize_t(size);
+        done = call2[2] == NULL ? NULL
+                                : PyObject_VectorcallMethod(st->_switch, call2, 3, NULL);
+        Py_XDECREF(call2[2]);
+        if (done == NULL)
+            goto finish;
+        state = done;
+    }
+    else
+        Py_INCREF(state);
+    store(&PYP(self, state), state);
+    Py_DECREF(state);
+    store(&PYP(self, buf), st->empty);
+    done = Py_NewRef(Py_None);
+finish:
+    Py_DECREF(sink);
+    Py_DECREF(result);
+    return done;
+}
+
+static const twin_def PYTHON_TWINS[1] = {
+    {"reference_feed", twin_python_feed, 1},
+};
+
+static PyObject *python_twins_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *parser_class, *globals;
+    static char *keywords[] = {"parser_class", "globals", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!:PythonTwins", keywords, &parser_class,
+                                     &PyDict_Type, &globals))
+        return NULL;
+    conn_state *st = state_of(type);
+#define NAME(name) st->name,
+    PyObject *names[N_PYTHON] = {PYTHON_SLOTS(NAME) st->sink, st->limits, st->state,
+                                 st->last_host};
+#undef NAME
+    PythonTwins *self = (PythonTwins *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->globals = Py_NewRef(globals);
+    if (find_slots(&self->parser, parser_class, names, N_PYTHON) < 0 ||
+        make_twins(st, (PyObject *)self, parser_class, PYTHON_TWINS, 1, self->twins) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int python_twins_traverse(PythonTwins *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->parser.type);
+    Py_VISIT(self->globals);
+    Py_VISIT(self->twins[0]);
+    return 0;
+}
+
+static int python_twins_clear(PythonTwins *self)
+{
+    Py_CLEAR(self->parser.type);
+    Py_CLEAR(self->globals);
+    Py_CLEAR(self->twins[0]);
+    return 0;
+}
+
+static void python_twins_dealloc(PythonTwins *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    python_twins_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyMemberDef python_twins_members[] = {
+    {"feed", T_OBJECT, offsetof(PythonTwins, twins[0]), READONLY, NULL},
+    {NULL},
+};
+
+static PyType_Slot python_twins_slots[] = {
+    {Py_tp_new, python_twins_new},
+    {Py_tp_traverse, python_twins_traverse},
+    {Py_tp_clear, python_twins_clear},
+    {Py_tp_dealloc, python_twins_dealloc},
+    {Py_tp_members, python_twins_members},
+    {Py_tp_doc, "PythonTwins(parser_class, globals): a compiled twin of PythonParser.feed "
+                "for a read holding one whole request head without a body."},
+    {0, NULL},
+};
+
+static PyType_Spec python_twins_spec = {
+    .name = "shardserve.shard.http._conn.PythonTwins",
+    .basicsize = sizeof(PythonTwins),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = python_twins_slots,
+};
+
 /* The module ------------------------------------------------------------------------- */
 
 static int conn_exec(PyObject *module)
@@ -1125,9 +1348,13 @@ static int conn_exec(PyObject *module)
         return -1;
     st->parser_twins_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &parser_twins_spec, NULL);
-    if (st->parser_twins_type == NULL)
+    if (st->parser_twins_type == NULL || PyModule_AddType(module, st->parser_twins_type) < 0)
         return -1;
-    return PyModule_AddType(module, st->parser_twins_type);
+    st->python_twins_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &python_twins_spec, NULL);
+    if (st->python_twins_type == NULL)
+        return -1;
+    return PyModule_AddType(module, st->python_twins_type);
 }
 
 static int conn_traverse(PyObject *module, visitproc visit, void *arg)
@@ -1141,6 +1368,7 @@ static int conn_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->empty);
     Py_VISIT(st->http11);
     Py_VISIT(st->parser_twins_type);
+    Py_VISIT(st->python_twins_type);
     for (int i = 0; i < 3; i++)
         Py_VISIT(st->small[i]);
     Py_VISIT(st->bound_type);
@@ -1160,6 +1388,7 @@ static int conn_clear(PyObject *module)
     Py_CLEAR(st->empty);
     Py_CLEAR(st->http11);
     Py_CLEAR(st->parser_twins_type);
+    Py_CLEAR(st->python_twins_type);
     for (int i = 0; i < 3; i++)
         Py_CLEAR(st->small[i]);
     Py_CLEAR(st->bound_type);

@@ -16,12 +16,17 @@ unambiguous framing, hex chunk sizes of at most 16 digits, and bounded request l
 (414), heads and fields (431).  The checks that decide framing and routing (Host,
 Transfer-Encoding, CONNECT's target) are ``framing.py``'s, shared with the other
 back-ends.  Intentional differences from h11 are listed in docs/http-parser.md.
+
+``feed`` here is the reference: where ``_conn.c`` is built, its twin takes the read
+that holds one whole head without a body (the usual keep-alive GET) in C, splitting it
+with the same ``split_fast`` (``install_compiled_feed``).
 """
 
 from __future__ import annotations
 
 import re
 
+from . import compiled
 from .framing import TOKEN as _TOKEN
 from .framing import check_host, check_transfer_encoding
 from .head import HEAD_BYTES, NAMES, field_name, split_fast, split_head
@@ -315,3 +320,17 @@ def _chunk_size(line: bytes) -> int:
     if len(size.lstrip(b"0")) > MAX_CHUNK_DIGITS:
         raise ParseError(400, "chunk size too large")
     return int(size, 16)
+
+
+# The reference of _conn.c's PythonTwins (tests call it directly).
+PythonParser.reference_feed = PythonParser.feed
+
+
+def install_compiled_feed() -> None:
+    """Put _conn.c's twin in place of feed, where it is built."""
+    module = compiled.load("_conn")
+    if module is not None:
+        PythonParser.feed = module.PythonTwins(parser_class=PythonParser, globals=globals()).feed
+
+
+install_compiled_feed()
