@@ -28,6 +28,10 @@ Each input is parsed under the default limits and under small ones (so that 414 
   but for when a malformed head still arriving is rejected (see ``same``);
 - split its first head (up to CRLF CRLF) in the compiled splitter exactly as the
   reference does, or leave it to it (None), as it must wherever the reference refuses;
+- where _conn.c is built, give the same outcome (events, status and reason) through
+  the compiled feed twins as through the references, for PythonParser and for
+  HttptoolsParser's llhttp callbacks, fed in pieces, whole, and its first head alone
+  (the read PythonParser's twin takes);
 - take a bounded time (``FUZZ_MAX_SECONDS_PER_INPUT`` plus a per-byte allowance): a
   quadratic path on a large input shows up as a timeout.
 """
@@ -47,6 +51,34 @@ with atheris.instrument_imports():
     from shardserve.shard.http import parser_python
     from shardserve.shard.http.parser import Limits, ParseError
     from shardserve.shard.http.parser_python import PythonParser
+
+try:
+    from shardserve.shard.http.parser_httptools import HttptoolsParser
+except ImportError:  # (httptools not installed)
+    HttptoolsParser = None
+
+
+class ReferencePythonParser(PythonParser):
+    """PythonParser on its reference feed (_conn.c's twins take the exact class only)."""
+
+    __slots__ = ()
+    feed = PythonParser.reference_feed
+
+
+TWIN_PAIRS = [(PythonParser, ReferencePythonParser)]
+if HttptoolsParser is not None:
+
+    class ReferenceHttptoolsParser(HttptoolsParser):
+        __slots__ = ()
+        feed = HttptoolsParser.reference_feed
+        on_url = HttptoolsParser.reference_on_url
+        on_header = HttptoolsParser.reference_on_header
+        on_headers_complete = HttptoolsParser.reference_on_headers_complete
+        on_message_complete = HttptoolsParser.reference_on_message_complete
+
+    TWIN_PAIRS.append((HttptoolsParser, ReferenceHttptoolsParser))
+# Whether the twins are installed at all (else both sides would be the references).
+TWINS = type(PythonParser.__dict__["feed"]).__name__ == "Twin"
 
 STATUSES = frozenset({400, 413, 414, 431, 501, 505})
 LIMITS = (Limits(), Limits(request_line=64, fields=8, field_size=64))
@@ -102,16 +134,17 @@ class Sink:
 def buffered(parser) -> int:
     """Bytes the parser holds: every bytes-like attribute."""
     total = 0
-    for name in getattr(type(parser), "__slots__", ()) or vars(parser):
+    for name in PythonParser.__slots__:
         value = getattr(parser, name, None)
         if isinstance(value, bytes | bytearray | memoryview):
             total += len(value)
     return total
 
 
-def run(stream: bytes, pieces: list[bytes], limits: Limits) -> tuple:
+def run(stream: bytes, pieces: list[bytes], limits: Limits, parser_class=PythonParser) -> tuple:
     sink = Sink()
-    parser = PythonParser(sink, limits)
+    parser = parser_class(sink, limits)
+    bounded = issubclass(parser_class, PythonParser)
     bound = max(limits.head, CHUNK_LINE) + SLACK
     final: tuple = ("ok",)
     try:
@@ -120,12 +153,12 @@ def run(stream: bytes, pieces: list[bytes], limits: Limits) -> tuple:
                 sink.taken += piece
                 continue
             parser.feed(piece)
-            held = buffered(parser)
+            held = buffered(parser) if bounded else 0
             assert held <= bound, f"parser holds {held} bytes, bound {bound}"
     except ParseError as exc:
-        assert exc.status in STATUSES, f"status {exc.status} ({exc.reason})"
+        assert exc.status in STATUSES or not bounded, f"status {exc.status} ({exc.reason})"
         assert isinstance(exc.reason, str)
-        final = ("error", exc.status)
+        final = ("error", exc.status, exc.reason)
     if sink.taken is not None:
         final = ("upgrade", bytes(sink.taken))
     # How much of an unfinished body arrived may depend on the pieces: leave it out.
@@ -171,11 +204,23 @@ def check_split(head: bytes, limits: Limits) -> None:
     assert fast is None or fast == expected, f"{head!r}: {fast!r} != {expected!r}"
 
 
+def check_twins(stream: bytes, pieces: list[bytes], first_head: bytes, limits: Limits) -> None:
+    if not TWINS:
+        return
+    reads = [pieces, [stream], [first_head + b"\r\n\r\n"] * 2]
+    for compiled, reference in TWIN_PAIRS:
+        for fed in reads:
+            got = run(stream, fed, limits, compiled)
+            expected = run(stream, fed, limits, reference)
+            assert got == expected, f"{compiled.__name__} twins: {got!r}\nreference: {expected!r}"
+
+
 def test_one_input(data: bytes) -> None:
     stream, pieces = decode(data)
     first_head = stream.split(b"\r\n\r\n", 1)[0]
     for limits in LIMITS:
         check_split(first_head, limits)
+        check_twins(stream, pieces, first_head, limits)
     for limits in LIMITS:
         start = time.perf_counter()
         outcome = run(stream, pieces, limits)
@@ -204,7 +249,7 @@ def same(a: tuple, b: tuple) -> bool:
     if events_a != events_b:
         return False
     if final_a[0] == final_b[0] == "error":
-        return bool({414, 431} & {final_a[1], final_b[1]})
+        return final_a[1] == final_b[1] or bool({414, 431} & {final_a[1], final_b[1]})
     if final_a == ("ok",) and final_b[0] == "error":
         return not open_a
     if final_b == ("ok",) and final_a[0] == "error":
