@@ -127,6 +127,9 @@ typedef struct Bound Bound;
 typedef PyObject *(*twin_fn)(conn_state *st, PyObject *owner, PyObject *self,
                              PyObject *const *args, Py_ssize_t nargs);
 
+static PyObject *call_method(conn_state *st, PyObject *name, PyObject *const *args,
+                             Py_ssize_t nargs);
+
 /* One descriptor: a twin method. */
 typedef struct {
     PyObject_HEAD
@@ -260,7 +263,8 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
     if (parser == NULL)
         return unset("parser");
     Py_INCREF(parser);
-    PyObject *fed = PyObject_CallMethodOneArg(parser, st->feed, data);
+    PyObject *feed_args[2] = {parser, data};
+    PyObject *fed = call_method(st, st->feed, feed_args, 2);
     Py_DECREF(parser);
     if (fed == NULL) {
         if (!PyErr_ExceptionMatches(tw->parse_error))
@@ -693,7 +697,7 @@ static PyObject *twin_on_headers_complete(conn_state *st, PyObject *owner, PyObj
     PyObject *keep_alive = PyObject_CallMethodNoArgs(llhttp, st->should_keep_alive);
     if (keep_alive != NULL) {
         PyObject *call[6] = {sink, name, url, st->http11, headers, keep_alive};
-        result = PyObject_VectorcallMethod(st->on_request, call, 6, NULL);
+        result = call_method(st, st->on_request, call, 6);
         Py_DECREF(keep_alive);
     }
     Py_DECREF(name);
@@ -724,18 +728,14 @@ static PyObject *twin_on_message_complete(conn_state *st, PyObject *owner, PyObj
 
 /* Bound ------------------------------------------------------------------------------ */
 
-static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                  PyObject *kwnames)
+/* A twin called on ``obj``: its compiled path if it takes the call, else the reference. */
+static PyObject *twin_call(conn_state *st, Twin *twin, PyObject *obj, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
 {
-    Bound *self = (Bound *)callable;
-    Twin *twin = self->twin;
-    PyObject *conn = self->conn;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == twin->nargs && kwnames == NULL && (PyObject *)Py_TYPE(conn) == twin->cls) {
-        Py_INCREF(conn);
-        PyObject *result =
-            twin->function(state_of(Py_TYPE(self)), twin->owner, conn, args, nargs);
-        Py_DECREF(conn);
+    if (nargs == twin->nargs && kwnames == NULL && (PyObject *)Py_TYPE(obj) == twin->cls) {
+        Py_INCREF(obj);
+        PyObject *result = twin->function(st, twin->owner, obj, args, nargs);
+        Py_DECREF(obj);
         if (result != NULL || PyErr_Occurred())
             return result;
         /* (NULL and no error: not taken, nothing changed: the reference's turn) */
@@ -745,13 +745,40 @@ static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, siz
     PyObject **call = total < 8 ? stack : PyMem_New(PyObject *, total + 1);
     if (call == NULL)
         return PyErr_NoMemory();
-    call[0] = conn;
+    call[0] = obj;
     for (Py_ssize_t i = 0; i < total; i++)
         call[i + 1] = args[i];
     PyObject *result = PyObject_Vectorcall(twin->reference, call, nargs + 1, kwnames);
     if (call != stack)
         PyMem_Free(call);
     return result;
+}
+
+/* args[0].name(*args[1:]): straight to the twin where the method is one (no bound
+ * object made), else an ordinary method call.  (Objects with a __dict__ could shadow
+ * the method: those take the ordinary way.) */
+static PyObject *call_method(conn_state *st, PyObject *name, PyObject *const *args,
+                             Py_ssize_t nargs)
+{
+    PyTypeObject *type = Py_TYPE(args[0]);
+    if (type->tp_dictoffset == 0) {
+        PyObject *method = _PyType_Lookup(type, name); /* (borrowed) */
+        if (method != NULL && Py_IS_TYPE(method, st->twin_type)) {
+            Py_INCREF(method);
+            PyObject *result = twin_call(st, (Twin *)method, args[0], args + 1, nargs - 1, NULL);
+            Py_DECREF(method);
+            return result;
+        }
+    }
+    return PyObject_VectorcallMethod(name, args, nargs, NULL);
+}
+
+static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    Bound *self = (Bound *)callable;
+    return twin_call(state_of(Py_TYPE(self)), self->twin, self->conn, args,
+                     PyVectorcall_NARGS(nargsf), kwnames);
 }
 
 static int bound_traverse(Bound *self, visitproc visit, void *arg)
@@ -1206,7 +1233,7 @@ static PyObject *twin_python_feed(conn_state *st, PyObject *owner, PyObject *sel
     store(&PYP(self, upgrade), Py_False);
     PyObject *call[6] = {sink, method, PyTuple_GET_ITEM(result, 1), version,
                          PyTuple_GET_ITEM(result, 3), Py_True};
-    done = PyObject_VectorcallMethod(st->on_request, call, 6, NULL);
+    done = call_method(st, st->on_request, call, 6);
     if (done == NULL)
         goto finish;
     Py_DECREF(done);
