@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -181,7 +182,33 @@ def checkout_of(revision: str) -> Path:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(partial)], input=archive, check=True)
         partial.rename(where)
+    build_compiled(where)
     return where
+
+
+def build_compiled(root: Path) -> None:
+    """Build a checked-out tree's optional C modules for this Python, as
+    ``pip install -e .`` would have (else "before" would run the pure-Python
+    references); one that does not build is left out, as there."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    include = sysconfig.get_paths()["include"]
+    for source in sorted((root / "shardserve" / "shard" / "http").glob("_*.c")):
+        built = source.with_name(source.stem + suffix)
+        if not built.exists():
+            subprocess.run(
+                [
+                    *compiler,
+                    "-shared",
+                    "-fPIC",
+                    "-O2",
+                    f"-I{include}",
+                    str(source),
+                    "-o",
+                    str(built),
+                ],
+                check=False,
+            )
 
 
 def stop(proc: subprocess.Popen) -> None:
