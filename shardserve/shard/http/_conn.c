@@ -1224,7 +1224,9 @@ static PyObject *twin_python_feed(conn_state *st, PyObject *owner, PyObject *sel
     PyObject *done = NULL;
     if (!same) {
         PyObject *check_host = global(py->globals, st->check_host);
+        Py_XINCREF(check_host);
         PyObject *checked = check_host == NULL ? NULL : PyObject_CallOneArg(check_host, host);
+        Py_XDECREF(check_host);
         if (checked == NULL)
             goto finish;
         Py_DECREF(checked);
