@@ -253,3 +253,15 @@ def test_no_object_is_leaked():
         tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown < 32 * 1024, grown  # (a leaked header tuple per request: ~60 kB here)
+
+
+def test_a_twin_called_through_its_class_is_the_method():
+    """Class.method(obj, ...) works as for a function (and is what Python's method
+    calls do with the twins: no bound object per call)."""
+    sink = Recorder()
+    parser = HttptoolsParser(sink, Limits())
+    HttptoolsParser.feed(parser, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert len(sink.requests) == 1 and sink.requests[0][6]
+    with pytest.raises(TypeError):
+        HttptoolsParser.feed()
+    parser.release()

@@ -138,6 +138,7 @@ typedef struct {
     PyObject *reference; /* the Python method it mirrors */
     twin_fn function;
     Py_ssize_t nargs; /* arguments after self */
+    vectorcallfunc vectorcall;
 } Twin;
 
 /* A twin bound to one connection. */
@@ -276,13 +277,20 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
         Py_XDECREF(traceback);
         PyObject *status = value ? PyObject_GetAttr(value, st->status) : NULL;
         PyObject *reason = status ? PyObject_GetAttr(value, st->reason) : NULL;
-        Py_XDECREF(value);
         if (reason == NULL) {
+            Py_XDECREF(value);
             Py_XDECREF(status);
             return NULL;
         }
+        /* reject runs as in the reference's ``except ParseError`` clause: with the
+         * ParseError handled, so that an error it raises has it as __context__. */
+        PyObject *handled = PyErr_GetHandledException();
+        PyErr_SetHandledException(value);
         PyObject *call[3] = {conn, status, reason};
         fed = PyObject_VectorcallMethod(st->reject, call, 3, NULL);
+        PyErr_SetHandledException(handled);
+        Py_XDECREF(handled);
+        Py_DECREF(value);
         Py_DECREF(status);
         Py_DECREF(reason);
         if (fed == NULL)
@@ -846,6 +854,19 @@ static PyObject *twin_get(PyObject *self, PyObject *obj, PyObject *type)
     return (PyObject *)bound;
 }
 
+/* Called through the class, as a function is: Class.method(obj, *args). */
+static PyObject *twin_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "a method twin called without its object");
+        return NULL;
+    }
+    return twin_call(state_of(Py_TYPE(callable)), (Twin *)callable, args[0], args + 1,
+                     nargs - 1, kwnames);
+}
+
 static int twin_traverse(Twin *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
@@ -887,6 +908,7 @@ static int make_twins(conn_state *st, PyObject *owner, PyObject *cls, const twin
         twin->reference = reference;
         twin->function = defs[i].function;
         twin->nargs = defs[i].nargs;
+        twin->vectorcall = twin_vectorcall;
         PyObject_GC_Track(twin);
         twins[i] = (PyObject *)twin;
     }
@@ -903,11 +925,13 @@ static void twin_dealloc(Twin *self)
 }
 
 static PyMemberDef twin_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Twin, vectorcall), READONLY, NULL},
     {"reference", T_OBJECT, offsetof(Twin, reference), READONLY, NULL},
     {NULL},
 };
 
 static PyType_Slot twin_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
     {Py_tp_descr_get, twin_get},
     {Py_tp_traverse, twin_traverse},
     {Py_tp_clear, twin_clear},
@@ -921,7 +945,8 @@ static PyType_Spec twin_spec = {
     .name = "shardserve.shard.http._conn.Twin",
     .basicsize = sizeof(Twin),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
     .slots = twin_slots,
 };
 
