@@ -12,6 +12,7 @@ setup(
         Extension(
             f"shardserve.shard.http.{name}",
             [f"shardserve/shard/http/{name}.c"],
+            depends=["shardserve/shard/http/_twins.h"],
             optional=True,  # no compiler, no headers: install anyway, pure Python
             extra_compile_args=COMPILE_ARGS,
         )

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import gc
 import sys
-import tracemalloc
 
 import pytest
+from leaks import allocated_growth
 
 if sys.version_info >= (3, 12):
     pytest.skip("the host task is Python 3.11's (3.12+ has eager tasks)", allow_module_level=True)
@@ -199,16 +198,5 @@ def test_no_leak():
     def many() -> None:
         run_scenario(True, [finishes] * 50 + [sleeps, fails, finishes] * 5)
 
-    many()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for _ in range(5):
-            many()
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    grown = allocated_growth(many)
     assert grown < 64 * 1024, grown

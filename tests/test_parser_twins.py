@@ -13,15 +13,13 @@ compiled path; no object may leak.  CI runs this module under valgrind too.
 
 from __future__ import annotations
 
-import gc
 import os
-import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardserve.shard.http import parser_python
+from shardserve.shard.http import compiled, parser_python
 from shardserve.shard.http.parser import INTERNED_METHODS, Limits, ParseError
 from shardserve.shard.http.parser_python import PythonParser
 
@@ -31,6 +29,7 @@ HttptoolsParser = httptools_module.HttptoolsParser
 if type(HttptoolsParser.__dict__["on_url"]).__name__ != "Twin":
     pytest.skip("_conn.c not built (or SHARDSERVE_PURE_PYTHON=1)", allow_module_level=True)
 
+from leaks import allocated_growth  # noqa: E402
 from test_parser_differential import (  # noqa: E402
     SMALL,
     Recorder,
@@ -50,22 +49,8 @@ STATE = {
 }  # fmt: skip
 
 
-class ReferenceParser(HttptoolsParser):
-    """The references, by name (a subclass gets them from the twins anyway)."""
-
-    __slots__ = ()
-    feed = HttptoolsParser.reference_feed
-    on_url = HttptoolsParser.reference_on_url
-    on_header = HttptoolsParser.reference_on_header
-    on_headers_complete = HttptoolsParser.reference_on_headers_complete
-    on_message_complete = HttptoolsParser.reference_on_message_complete
-
-
-class ReferencePythonParser(PythonParser):
-    __slots__ = ()
-    feed = PythonParser.reference_feed
-
-
+ReferenceParser = compiled.reference_subclass(HttptoolsParser)
+ReferencePythonParser = compiled.reference_subclass(PythonParser)
 REFERENCES = {HttptoolsParser: ReferenceParser, PythonParser: ReferencePythonParser}
 PARSERS = st.sampled_from([HttptoolsParser, PythonParser])
 
@@ -240,18 +225,7 @@ def test_no_object_is_leaked():
         for _ in range(20):
             outcome(PythonParser, [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"] * 5, Limits())
 
-    many()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for _ in range(5):
-            many()
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    grown = allocated_growth(many)
     assert grown < 32 * 1024, grown  # (a leaked header tuple per request: ~60 kB here)
 
 

@@ -47,8 +47,8 @@ import zlib
 import atheris
 
 with atheris.instrument_imports():
+    from shardserve.shard.http import compiled, parser_python
     from shardserve.shard.http import head as head_split
-    from shardserve.shard.http import parser_python
     from shardserve.shard.http.parser import Limits, ParseError
     from shardserve.shard.http.parser_python import PythonParser
 
@@ -58,25 +58,9 @@ except ImportError:  # (httptools not installed)
     HttptoolsParser = None
 
 
-class ReferencePythonParser(PythonParser):
-    """PythonParser on its reference feed (_conn.c's twins take the exact class only)."""
-
-    __slots__ = ()
-    feed = PythonParser.reference_feed
-
-
-TWIN_PAIRS = [(PythonParser, ReferencePythonParser)]
+TWIN_PAIRS = [(PythonParser, compiled.reference_subclass(PythonParser))]
 if HttptoolsParser is not None:
-
-    class ReferenceHttptoolsParser(HttptoolsParser):
-        __slots__ = ()
-        feed = HttptoolsParser.reference_feed
-        on_url = HttptoolsParser.reference_on_url
-        on_header = HttptoolsParser.reference_on_header
-        on_headers_complete = HttptoolsParser.reference_on_headers_complete
-        on_message_complete = HttptoolsParser.reference_on_message_complete
-
-    TWIN_PAIRS.append((HttptoolsParser, ReferenceHttptoolsParser))
+    TWIN_PAIRS.append((HttptoolsParser, compiled.reference_subclass(HttptoolsParser)))
 # Whether the twins are installed at all (else both sides would be the references).
 TWINS = type(PythonParser.__dict__["feed"]).__name__ == "Twin"
 

@@ -41,8 +41,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <string.h>
+
+#include "_twins.h"
 
 /* protocol.py's timer kinds; cycle.py's request states. */
 enum { NO_TIMER = 0, IDLE = 1, READING_HEAD = 2 };
@@ -102,11 +103,6 @@ typedef struct {
     PyTypeObject *bound_type;
 } conn_state;
 
-#define MAX_SLOTS 24
-typedef struct {
-    PyObject *type;
-    Py_ssize_t offsets[MAX_SLOTS];
-} slot_table;
 
 typedef struct {
     PyObject_HEAD
@@ -158,50 +154,10 @@ static inline conn_state *state_of(PyTypeObject *type)
     return (conn_state *)PyType_GetModuleState(type);
 }
 
-/* Store a new reference in a slot (what the member descriptor's setter does). */
-static inline void store(PyObject **slot, PyObject *value)
-{
-    PyObject *old = *slot;
-    *slot = Py_NewRef(value);
-    Py_XDECREF(old);
-}
-
-static int find_slots(slot_table *table, PyObject *type, PyObject **names, int count)
-{
-    if (!PyType_Check(type)) {
-        PyErr_Format(PyExc_TypeError, "%R is not a class", type);
-        return -1;
-    }
-    for (int i = 0; i < count; i++) {
-        PyObject *descr = PyObject_GetAttr(type, names[i]);
-        if (descr == NULL) {
-            PyErr_Clear();
-            descr = Py_NewRef(Py_None);
-        }
-        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type);
-        if (plain) {
-            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-            plain = member->type == T_OBJECT_EX && !(member->flags & READONLY);
-            table->offsets[i] = member->offset;
-        }
-        Py_DECREF(descr);
-        if (!plain) {
-            PyErr_Format(PyExc_TypeError, "%R does not keep %R in __slots__", type, names[i]);
-            return -1;
-        }
-    }
-    table->type = Py_NewRef(type);
-    return 0;
-}
-
 /* An exact int equal to ``value``. */
 static inline int is_small(PyObject *obj, long value)
 {
-    if (obj == NULL || !PyLong_CheckExact(obj))
-        return 0;
-    int overflow;
-    long found = PyLong_AsLongAndOverflow(obj, &overflow);
-    return !overflow && found == value;
+    return small_int(obj) == value;
 }
 
 static inline PyObject *unset(const char *name)
@@ -1456,16 +1412,7 @@ static void conn_free(void *module)
     conn_clear((PyObject *)module);
 }
 
-static PyModuleDef_Slot conn_slots[] = {
-    {Py_mod_exec, conn_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot conn_slots[] = {TWIN_MODULE_SLOTS(conn_exec)};
 
 static struct PyModuleDef conn_module = {
     PyModuleDef_HEAD_INIT,

@@ -20,6 +20,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_twins.h"
+
 #define NAMES(X) X(task) X(loop) X(start) X(cancelling) X(_retire) X(suspended)
 
 typedef struct {
@@ -269,16 +271,7 @@ static void eager_free(void *module)
     eager_clear((PyObject *)module);
 }
 
-static PyModuleDef_Slot eager_slots[] = {
-    {Py_mod_exec, eager_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot eager_slots[] = {TWIN_MODULE_SLOTS(eager_exec)};
 
 static struct PyModuleDef eager_module = {
     PyModuleDef_HEAD_INIT,

@@ -20,6 +20,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "_twins.h"
+
 #define REQUEST_LINE_EXTRA 16 /* parser.py's: method, spaces and version */
 
 static const char *const METHODS[] = {
@@ -300,16 +302,7 @@ static void head_free(void *module)
     head_clear((PyObject *)module);
 }
 
-static PyModuleDef_Slot head_slots[] = {
-    {Py_mod_exec, head_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot head_slots[] = {TWIN_MODULE_SLOTS(head_exec)};
 
 static struct PyModuleDef head_module = {
     PyModuleDef_HEAD_INIT,

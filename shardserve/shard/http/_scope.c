@@ -28,6 +28,8 @@
 #include <structmember.h>
 #include <string.h>
 
+#include "_twins.h"
+
 #define NAMES(X)                                                                           \
     X(root_path) X(lifespan_state) X(http_version) X(method) X(path) X(raw_path)           \
     X(query_string) X(headers) X(state) X(access_log) X(requests_left) X(counters)         \
@@ -424,16 +426,7 @@ static void scope_free(void *module)
     scope_clear((PyObject *)module);
 }
 
-static PyModuleDef_Slot scope_slots[] = {
-    {Py_mod_exec, scope_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot scope_slots[] = {TWIN_MODULE_SLOTS(scope_exec)};
 
 static struct PyModuleDef scope_module = {
     PyModuleDef_HEAD_INIT,

@@ -24,8 +24,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <string.h>
+
+#include "_twins.h"
 
 /* cycle.py's states. */
 enum { NOT_STARTED = 0, HEAD_PENDING = 1, STREAMING = 2, COMPLETE = 3 };
@@ -67,11 +68,6 @@ typedef struct {
     PyTypeObject *bound_type;
 } send_state;
 
-/* Offsets of one class's slots, found once per class. */
-typedef struct {
-    PyObject *type; /* the class they belong to, or NULL */
-    Py_ssize_t offsets[N_CYCLE];
-} slot_table;
 
 /* FastSend: the descriptor. */
 typedef struct {
@@ -98,61 +94,6 @@ typedef struct {
 static inline send_state *state_of(PyTypeObject *type)
 {
     return (send_state *)PyType_GetModuleState(type);
-}
-
-/* Find the offsets of ``names`` in ``type``: 0 when each is a writable object slot
- * (a member descriptor), else -1 with a TypeError.  Once, when a FastSend is made:
- * the tables never change after (nothing to race on where there is no GIL). */
-static int find_slots(slot_table *table, PyObject *type, PyObject **names, int count)
-{
-    if (!PyType_Check(type)) {
-        PyErr_Format(PyExc_TypeError, "%R is not a class", type);
-        return -1;
-    }
-    for (int i = 0; i < count; i++) {
-        PyObject *descr = PyObject_GetAttr(type, names[i]);
-        if (descr == NULL) {
-            PyErr_Clear();
-            descr = Py_NewRef(Py_None);
-        }
-        int plain = Py_IS_TYPE(descr, &PyMemberDescr_Type);
-        if (plain) {
-            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-            plain = member->type == T_OBJECT_EX && !(member->flags & READONLY);
-            table->offsets[i] = member->offset;
-        }
-        Py_DECREF(descr);
-        if (!plain) {
-            PyErr_Format(PyExc_TypeError, "%R does not keep %R in __slots__", type, names[i]);
-            return -1;
-        }
-    }
-    table->type = Py_NewRef(type);
-    return 0;
-}
-
-/* Store a new reference in a slot (what the member descriptor's setter does). */
-static inline void store(PyObject **slot, PyObject *value)
-{
-    PyObject *old = *slot;
-    *slot = Py_NewRef(value);
-    Py_XDECREF(old);
-}
-
-#define NOT_INT LONG_MIN
-
-/* The value of an exact int that fits a long, else NOT_INT (then not taken). */
-static long small_int(PyObject *value)
-{
-    if (value == NULL || !PyLong_CheckExact(value))
-        return NOT_INT;
-    int overflow;
-    long result = PyLong_AsLongAndOverflow(value, &overflow);
-    if (overflow || (result == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return NOT_INT;
-    }
-    return result;
 }
 
 /* An exact str equal to an ASCII literal. */
@@ -704,16 +645,7 @@ static void send_free(void *module)
     send_clear((PyObject *)module);
 }
 
-static PyModuleDef_Slot send_slots[] = {
-    {Py_mod_exec, send_exec},
-#if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
-#if PY_VERSION_HEX >= 0x030D0000
-    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot send_slots[] = {TWIN_MODULE_SLOTS(send_exec)};
 
 static struct PyModuleDef send_module = {
     PyModuleDef_HEAD_INIT,

@@ -203,24 +203,19 @@ class HttptoolsParser:
         self._on_request_end()
 
 
-# The references of _conn.c's ParserTwins (tests call them directly).
-HttptoolsParser.reference_feed = HttptoolsParser.feed
-HttptoolsParser.reference_on_url = HttptoolsParser.on_url
-HttptoolsParser.reference_on_header = HttptoolsParser.on_header
-HttptoolsParser.reference_on_headers_complete = HttptoolsParser.on_headers_complete
-HttptoolsParser.reference_on_message_complete = HttptoolsParser.on_message_complete
+compiled.keep_references(
+    HttptoolsParser, ("feed", "on_url", "on_header", "on_headers_complete", "on_message_complete")
+)
 
 
 def install_compiled_callbacks() -> None:
     """Put _conn.c's twins in place of feed and the llhttp callbacks, where it is built."""
     module = compiled.load("_conn")
-    if module is None:
-        return
-    twins = module.ParserTwins(
-        parser_class=HttptoolsParser, globals=globals(), interned_methods=INTERNED_METHODS
-    )
-    for name in ("feed", "on_url", "on_header", "on_headers_complete", "on_message_complete"):
-        setattr(HttptoolsParser, name, getattr(twins, name))
+    if module is not None:
+        twins = module.ParserTwins(
+            parser_class=HttptoolsParser, globals=globals(), interned_methods=INTERNED_METHODS
+        )
+        compiled.install(HttptoolsParser, twins)
 
 
 install_compiled_callbacks()

@@ -322,15 +322,16 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
-# The reference of _conn.c's PythonTwins (tests call it directly).
-PythonParser.reference_feed = PythonParser.feed
+compiled.keep_references(PythonParser, ("feed",))
 
 
 def install_compiled_feed() -> None:
     """Put _conn.c's twin in place of feed, where it is built."""
     module = compiled.load("_conn")
     if module is not None:
-        PythonParser.feed = module.PythonTwins(parser_class=PythonParser, globals=globals()).feed
+        compiled.install(
+            PythonParser, module.PythonTwins(parser_class=PythonParser, globals=globals())
+        )
 
 
 install_compiled_feed()

@@ -521,15 +521,13 @@ def websocket_scope(http_scope: dict) -> dict:
     return scope
 
 
-# The references of _conn.c's twins (tests call them directly).
-HttpConnection.reference_data_received = HttpConnection.data_received
-HttpConnection.reference_on_request = HttpConnection.on_request
-HttpConnection.reference_on_request_end = HttpConnection.on_request_end
-HttpConnection.reference_response_done = HttpConnection.response_done
+compiled.keep_references(
+    HttpConnection, ("data_received", "on_request", "on_request_end", "response_done")
+)
 
 
 def install_compiled_connection() -> None:
-    """Put _conn.c's twins in place of the four per-request methods, where it is built."""
+    """Put _conn.c's twins in place of the per-request methods, where it is built."""
     module = compiled.load("_conn")
     if module is None:
         return
@@ -545,8 +543,7 @@ def install_compiled_connection() -> None:
         account=scope.account,
         perf_counter=cycle.perf_counter,
     )
-    for name in ("data_received", "on_request", "on_request_end", "response_done"):
-        setattr(HttpConnection, name, getattr(twins, name))
+    compiled.install(HttpConnection, twins)
 
 
 install_compiled_send(HttpConnection)
