@@ -24,6 +24,7 @@ from shardserve.config import Config
 from shardserve.shard.connection import Connection, WriteFlow
 from shardserve.shard.http.protocol import HttpConnection
 from shardserve.shard.server import Shard
+from shardserve.shard.state import ShardState
 from shardserve.shard.ws import session as ws_session
 from shardserve.shard.ws.session import WebSocketSession
 
@@ -95,15 +96,17 @@ class ShardThread:
         if self.fast_clock:
             # The shard's clock runs FAST_TICK seconds per 0.25 s tick: timeouts that
             # follow it fire many times sooner than they would by the real clock.
-            tick = state.tick
             ahead = [0.0]
 
-            def fast_tick() -> None:
-                tick()
-                ahead[0] += FAST_TICK - 0.25
-                state.now += ahead[0]
+            class FastClockState(ShardState):
+                __slots__ = ()
 
-            state.tick = fast_tick
+                def tick(self) -> None:
+                    super().tick()
+                    ahead[0] += FAST_TICK - 0.25
+                    self.now += ahead[0]
+
+            state.__class__ = FastClockState  # (ShardState is slotted: no per-object tick)
         self.ready.set()
 
     def __enter__(self) -> ShardThread:

@@ -97,6 +97,21 @@ def _websockets_available(choice: str) -> bool:
 
 
 class ShardState:
+    """One shard's settings and shared state, read by every connection.
+
+    Slotted: the compiled twins read these attributes at their slots' offsets.
+    """
+
+    __slots__ = (
+        "app", "loop", "root_path", "root_path_bytes", "proxy_headers", "trusted", "limits",
+        "parser_class", "limit_concurrency", "requests_left", "timeout_keep_alive",
+        "timeout_request_header", "timeout_request_body", "limit_request_body",
+        "timeout_send", "http2", "access_log", "access_logger", "lifespan_state",
+        "connections", "active_requests", "counters", "draining", "on_max_requests", "now",
+        "ws", "server_header", "_server", "_date_enabled", "_custom", "_second",
+        "default_headers", "_canned", "_date", "h2_default_headers",
+    )  # fmt: skip
+
     def __init__(self, config: Config, app: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
         self.loop = loop

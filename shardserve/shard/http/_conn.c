@@ -101,6 +101,7 @@ typedef struct {
     PyTypeObject *python_twins_type;
     PyTypeObject *twin_type;
     PyTypeObject *bound_type;
+    attr_cache c_now, c_limit_concurrency, c_request_line, c_fields, c_field_size, c_task;
 } conn_state;
 
 
@@ -175,7 +176,7 @@ static int idle(conn_state *st, ConnTwins *tw, PyObject *conn)
         return -1;
     }
     store(&CONN(conn, timer), st->small[IDLE]);
-    PyObject *now = PyObject_GetAttr(state, st->now);
+    PyObject *now = get_attr(&st->c_now, state, st->now);
     if (now == NULL)
         return -1;
     store(&CONN(conn, timer_since), now);
@@ -209,7 +210,7 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
         if (state == NULL)
             return unset("state");
         store(&CONN(conn, timer), st->small[READING_HEAD]);
-        PyObject *now = PyObject_GetAttr(state, st->now);
+        PyObject *now = get_attr(&st->c_now, state, st->now);
         if (now == NULL)
             return NULL;
         store(&CONN(conn, timer_since), now);
@@ -261,7 +262,7 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
             break;
         Py_INCREF(cycle);
         store(&CONN(conn, ready), Py_None);
-        PyObject *coro = PyObject_CallMethodNoArgs(cycle, st->run);
+        PyObject *coro = call_method(st, st->run, &cycle, 1);
         PyObject *start = CONN(conn, start);
         PyObject *task = NULL;
         if (coro != NULL && start == NULL)
@@ -272,7 +273,7 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
             Py_DECREF(start);
         }
         Py_XDECREF(coro);
-        int failed = task == NULL || PyObject_SetAttr(cycle, st->task, task) < 0;
+        int failed = task == NULL || set_attr(&st->c_task, cycle, st->task, task) < 0;
         Py_XDECREF(task);
         Py_DECREF(cycle);
         if (failed)
@@ -321,7 +322,7 @@ static PyObject *twin_on_request(conn_state *st, PyObject *owner, PyObject *conn
         !PyBytes_CheckExact(target) || PyBytes_GET_SIZE(target) == 0 ||
         PyBytes_AS_STRING(target)[0] != '/')
         return NULL;
-    PyObject *limit = PyObject_GetAttr(state, st->limit_concurrency);
+    PyObject *limit = get_attr(&st->c_limit_concurrency, state, st->limit_concurrency);
     if (limit == NULL) {
         PyErr_Clear();
         return NULL;
@@ -446,9 +447,9 @@ typedef struct {
 #define PRS(obj, name) (*(PyObject **)((char *)(obj) + pt->parser.offsets[P_##name]))
 
 /* An exact int attribute of ``obj`` (limits are ints), or -1 (error cleared). */
-static Py_ssize_t int_attr(PyObject *obj, PyObject *name)
+static Py_ssize_t int_attr(attr_cache *cache, PyObject *obj, PyObject *name)
 {
-    PyObject *value = obj == NULL ? NULL : PyObject_GetAttr(obj, name);
+    PyObject *value = obj == NULL ? NULL : get_attr(cache, obj, name);
     Py_ssize_t result = -1;
     if (value != NULL && PyLong_CheckExact(value))
         result = PyLong_AsSsize_t(value);
@@ -508,7 +509,7 @@ static PyObject *twin_on_url(conn_state *st, PyObject *owner, PyObject *self,
     PyObject *url = args[0];
     if (PRS(self, in_head) != Py_False || !PyBytes_CheckExact(url))
         return NULL;
-    Py_ssize_t limit = int_attr(PRS(self, limits), st->request_line);
+    Py_ssize_t limit = int_attr(&st->c_request_line, PRS(self, limits), st->request_line);
     if (limit < 0 || PyBytes_GET_SIZE(url) > limit)
         return NULL;
     store(&PRS(self, in_head), Py_True);
@@ -619,7 +620,7 @@ static PyObject *twin_on_headers_complete(conn_state *st, PyObject *owner, PyObj
         llhttp == NULL || sink == NULL || PRS(self, host) != Py_True ||
         PRS(self, transfer_encoding) != Py_None)
         return NULL;
-    Py_ssize_t fields = int_attr(PRS(self, limits), st->fields);
+    Py_ssize_t fields = int_attr(&st->c_fields, PRS(self, limits), st->fields);
     if (fields < 0 || PyList_GET_SIZE(headers) > fields)
         return NULL;
     PyObject *method = PyObject_CallMethodNoArgs(llhttp, st->get_method);
@@ -719,17 +720,23 @@ static PyObject *twin_call(conn_state *st, Twin *twin, PyObject *obj, PyObject *
 }
 
 /* args[0].name(*args[1:]): straight to the twin where the method is one (no bound
- * object made), else an ordinary method call.  (Objects with a __dict__ could shadow
- * the method: those take the ordinary way.) */
+ * object made), or to a method descriptor's vectorcall with args[0] as self (what
+ * PyObject_VectorcallMethod does after looking the name up again), else an ordinary
+ * method call.  (Objects with a __dict__ could shadow the method: those take the
+ * ordinary way, as do classes with a __getattribute__ of their own.) */
 static PyObject *call_method(conn_state *st, PyObject *name, PyObject *const *args,
                              Py_ssize_t nargs)
 {
     PyTypeObject *type = Py_TYPE(args[0]);
-    if (type->tp_dictoffset == 0) {
+    if (type->tp_dictoffset == 0 && type->tp_getattro == PyObject_GenericGetAttr) {
         PyObject *method = _PyType_Lookup(type, name); /* (borrowed) */
-        if (method != NULL && Py_IS_TYPE(method, st->twin_type)) {
+        if (method != NULL && (Py_IS_TYPE(method, st->twin_type) ||
+                               PyType_HasFeature(Py_TYPE(method), Py_TPFLAGS_METHOD_DESCRIPTOR))) {
             Py_INCREF(method);
-            PyObject *result = twin_call(st, (Twin *)method, args[0], args + 1, nargs - 1, NULL);
+            PyObject *result =
+                Py_IS_TYPE(method, st->twin_type)
+                    ? twin_call(st, (Twin *)method, args[0], args + 1, nargs - 1, NULL)
+                    : PyObject_Vectorcall(method, args, nargs, NULL);
             Py_DECREF(method);
             return result;
         }
@@ -1156,9 +1163,9 @@ static PyObject *twin_python_feed(conn_state *st, PyObject *owner, PyObject *sel
     for (const char *cr = text; (cr = memchr(cr, '\r', size - 4 - (cr - text))) != NULL; cr++)
         if (memcmp(cr, "\r\n\r\n", 4) == 0)
             return NULL; /* (a head ends before the read does: a body, or more heads) */
-    Py_ssize_t request_line = int_attr(limits, st->request_line);
-    Py_ssize_t field_size = int_attr(limits, st->field_size);
-    Py_ssize_t fields = int_attr(limits, st->fields);
+    Py_ssize_t request_line = int_attr(&st->c_request_line, limits, st->request_line);
+    Py_ssize_t field_size = int_attr(&st->c_field_size, limits, st->field_size);
+    Py_ssize_t fields = int_attr(&st->c_fields, limits, st->fields);
     PyObject *split = PyDict_GetItemWithError(py->globals, st->split_fast);
     if (request_line < 0 || field_size < 0 || fields < 0 || split == NULL) {
         PyErr_Clear();

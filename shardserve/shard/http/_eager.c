@@ -29,6 +29,7 @@ typedef struct {
     NAMES(FIELD)
 #undef FIELD
     PyTypeObject *starter_type;
+    attr_cache c_task;
 } eager_state;
 
 typedef struct {
@@ -102,7 +103,7 @@ static PyObject *starter_vectorcall(PyObject *callable, PyObject *const *args, s
     }
     eager_state *st = state_of(Py_TYPE(self));
     PyObject *coro = args[0];
-    PyObject *task = PyObject_GetAttr(self->host, st->task);
+    PyObject *task = get_attr(&st->c_task, self->host, st->task);
     if (task == NULL)
         return NULL;
     Py_ssize_t count = task == Py_None ? 1 : cancelling(st, task);

@@ -41,6 +41,9 @@ typedef struct {
 #undef FIELD
     PyObject *one;
     PyTypeObject *twins_type;
+#define CACHE(name) attr_cache c_##name;
+    NAMES(CACHE)
+#undef CACHE
 } scope_state;
 
 typedef struct {
@@ -61,13 +64,14 @@ static inline scope_state *state_of(PyObject *self)
 }
 
 /* Attribute as a new reference, or NULL with the error cleared. */
-static PyObject *attr(PyObject *obj, PyObject *name)
+static PyObject *get_or_clear(attr_cache *cache, PyObject *obj, PyObject *name)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PyObject *value = get_attr(cache, obj, name);
     if (value == NULL)
         PyErr_Clear();
     return value;
 }
+#define attr(obj, name) get_or_clear(&st->c_##name, obj, st->name)
 
 /* request_scope ------------------------------------------------------------------- */
 
@@ -104,13 +108,13 @@ static int fast_scope(Twins *self, scope_state *st, PyObject *const *args, PyObj
         if (bytes[i] >= 0x80 || bytes[i] == '%')
             return 0;
     }
-    PyObject *root_path = attr(shard_state, st->root_path);
+    PyObject *root_path = attr(shard_state, root_path);
     int plain = root_path != NULL && PyUnicode_CheckExact(root_path) &&
                 PyUnicode_GET_LENGTH(root_path) == 0;
     Py_XDECREF(root_path);
     if (!plain)
         return 0;
-    PyObject *lifespan_state = attr(shard_state, st->lifespan_state);
+    PyObject *lifespan_state = attr(shard_state, lifespan_state);
     if (lifespan_state == NULL)
         return 0;
     if (!PyDict_CheckExact(lifespan_state)) {
@@ -139,7 +143,7 @@ static int fast_scope(Twins *self, scope_state *st, PyObject *const *args, PyObj
     if (trusted == Py_True) {
         int proxied = names_proxy_header(self, headers);
         PyObject *applied = NULL, *proxies = NULL;
-        if (proxied > 0 && (proxies = PyObject_GetAttr(shard_state, st->trusted)) != NULL)
+        if (proxied > 0 && (proxies = get_attr(&st->c_trusted, shard_state, st->trusted)) != NULL)
             applied = PyObject_CallFunctionObjArgs(self->apply_proxy_headers, scope, headers,
                                                    proxies, NULL);
         Py_XDECREF(proxies);
@@ -187,21 +191,21 @@ static int fast_account(Twins *self, scope_state *st, PyObject *shard_state, PyO
     PyObject *access_log = NULL, *left = NULL, *counters = NULL, *started = NULL,
              *status = NULL, *scope = NULL, *latency = NULL, *total = NULL,
              *responses = NULL, *now = NULL, *sum = NULL;
-    access_log = attr(shard_state, st->access_log);
-    left = attr(shard_state, st->requests_left);
+    access_log = attr(shard_state, access_log);
+    left = attr(shard_state, requests_left);
     if (access_log != Py_False || left != Py_None)
         goto out;
-    counters = attr(shard_state, st->counters);
-    started = attr(cycle, st->started);
-    status = attr(cycle, st->status);
-    scope = attr(cycle, st->scope);
+    counters = attr(shard_state, counters);
+    started = attr(cycle, started);
+    status = attr(cycle, status);
+    scope = attr(cycle, scope);
     if (counters == NULL || started == NULL || !PyFloat_CheckExact(started) ||
         status == NULL || !PyLong_CheckExact(status) || scope == NULL ||
         !PyDict_CheckExact(scope))
         goto out;
-    latency = attr(counters, st->latency);
-    total = attr(counters, st->latency_sum);
-    responses = attr(counters, st->responses);
+    latency = attr(counters, latency);
+    total = attr(counters, latency_sum);
+    responses = attr(counters, responses);
     if (latency == NULL || !PyList_CheckExact(latency) || total == NULL ||
         !PyFloat_CheckExact(total) || responses == NULL || !PyList_CheckExact(responses))
         goto out;
@@ -246,7 +250,7 @@ static int fast_account(Twins *self, scope_state *st, PyObject *shard_state, PyO
     if (increment(st, latency, bucket) < 0)
         goto out;
     sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(total) + elapsed);
-    if (sum == NULL || PyObject_SetAttr(counters, st->latency_sum, sum) < 0)
+    if (sum == NULL || set_attr(&st->c_latency_sum, counters, st->latency_sum, sum) < 0)
         goto out;
     if (increment(st, responses, slot) < 0)
         goto out;

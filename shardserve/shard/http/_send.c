@@ -66,6 +66,7 @@ typedef struct {
     PyTypeObject *done_type;
     PyTypeObject *fast_type;
     PyTypeObject *bound_type;
+    attr_cache c_state, c_default_headers;
 } send_state;
 
 
@@ -157,10 +158,10 @@ static int fast_start(send_state *st, FastSend *fast, PyObject *cycle, PyObject 
     if (lines == NULL)
         return -1;
     PyList_SET_ITEM(lines, 0, Py_NewRef(status_line));
-    PyObject *conn_state = PyObject_GetAttr(conn, st->state);
+    PyObject *conn_state = get_attr(&st->c_state, conn, st->state);
     if (conn_state == NULL)
         goto not_taken;
-    defaults = PyObject_GetAttr(conn_state, st->default_headers);
+    defaults = get_attr(&st->c_default_headers, conn_state, st->default_headers);
     Py_DECREF(conn_state);
     if (defaults == NULL)
         goto not_taken;

@@ -54,6 +54,72 @@ static inline int find_slots(slot_table *table, PyObject *type, PyObject **names
     return 0;
 }
 
+/* Attributes read or written by name, fast where the name is a __slots__ member: what
+ * CPython's own specialised LOAD_ATTR_SLOT does.  The first access through a cache
+ * finds the member descriptor on the object's class and notes the class's version tag
+ * and the member's offset; later accesses to objects whose class has that tag (the
+ * same class, unchanged since: CPython zeroes a class's tag when anything in it or its
+ * bases changes, and never gives a tag to two classes of one interpreter) take the
+ * slot at that offset.  Anything else (another class, a class changed since, a
+ * __getattribute__ of its own, an empty slot) goes through PyObject_GetAttr or
+ * PyObject_SetAttr, which also raise the errors.  One cache per name in each module's
+ * state (per interpreter); no cache where there is no GIL to guard it. */
+typedef struct {
+    unsigned int version; /* 0: nothing cached */
+    Py_ssize_t offset;
+} attr_cache;
+
+static inline void attr_cache_learn(attr_cache *cache, PyTypeObject *type, PyObject *name)
+{
+#ifndef Py_GIL_DISABLED
+    cache->version = 0;
+    if (type->tp_getattro != PyObject_GenericGetAttr ||
+        type->tp_setattro != PyObject_GenericSetAttr)
+        return;
+    PyObject *descr = _PyType_Lookup(type, name); /* (borrowed; gives the class a tag) */
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+        return;
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type == T_OBJECT_EX && !(member->flags & READONLY) &&
+        type->tp_version_tag != 0) {
+        cache->offset = member->offset;
+        cache->version = type->tp_version_tag;
+    }
+#endif
+}
+
+/* The object's slot for the cached name, or NULL when the cache does not apply. */
+static inline PyObject **cached_slot(attr_cache *cache, PyObject *obj)
+{
+    if (cache->version == 0 || Py_TYPE(obj)->tp_version_tag != cache->version)
+        return NULL;
+    return (PyObject **)((char *)obj + cache->offset);
+}
+
+/* getattr(obj, name): a new reference, or NULL with an error set. */
+static inline PyObject *get_attr(attr_cache *cache, PyObject *obj, PyObject *name)
+{
+    PyObject **slot = cached_slot(cache, obj);
+    if (slot != NULL && *slot != NULL)
+        return Py_NewRef(*slot);
+    attr_cache_learn(cache, Py_TYPE(obj), name);
+    return PyObject_GetAttr(obj, name);
+}
+
+/* setattr(obj, name, value): 0, or -1 with an error set. */
+static inline int set_attr(attr_cache *cache, PyObject *obj, PyObject *name, PyObject *value)
+{
+    PyObject **slot = cached_slot(cache, obj);
+    if (slot != NULL) {
+        PyObject *old = *slot;
+        *slot = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    attr_cache_learn(cache, Py_TYPE(obj), name);
+    return PyObject_SetAttr(obj, name, value);
+}
+
 /* Store a new reference in a slot (what the member descriptor's setter does). */
 static inline void store(PyObject **slot, PyObject *value)
 {
