@@ -124,8 +124,8 @@ typedef struct Bound Bound;
 typedef PyObject *(*twin_fn)(conn_state *st, PyObject *owner, PyObject *self,
                              PyObject *const *args, Py_ssize_t nargs);
 
-static PyObject *call_method(conn_state *st, PyObject *name, PyObject *const *args,
-                             Py_ssize_t nargs);
+static PyObject *call_twin(conn_state *st, PyObject *name, PyObject *const *args,
+                           Py_ssize_t nargs);
 
 /* One descriptor: a twin method. */
 typedef struct {
@@ -222,7 +222,7 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
         return unset("parser");
     Py_INCREF(parser);
     PyObject *feed_args[2] = {parser, data};
-    PyObject *fed = call_method(st, st->feed, feed_args, 2);
+    PyObject *fed = call_twin(st, st->feed, feed_args, 2);
     Py_DECREF(parser);
     if (fed == NULL) {
         if (!PyErr_ExceptionMatches(tw->parse_error))
@@ -262,7 +262,7 @@ static PyObject *twin_data_received(conn_state *st, PyObject *owner, PyObject *c
             break;
         Py_INCREF(cycle);
         store(&CONN(conn, ready), Py_None);
-        PyObject *coro = call_method(st, st->run, &cycle, 1);
+        PyObject *coro = call_twin(st, st->run, &cycle, 1);
         PyObject *start = CONN(conn, start);
         PyObject *task = NULL;
         if (coro != NULL && start == NULL)
@@ -473,7 +473,7 @@ static PyObject *twin_feed(conn_state *st, PyObject *owner, PyObject *self,
     /* Unless a body is still arriving, this read starts with a request line. */
     store(&PRS(self, chunk), in_message == Py_True ? Py_None : data);
     PyObject *llhttp = Py_NewRef(PRS(self, parser));
-    PyObject *fed = PyObject_CallMethodOneArg(llhttp, st->feed_data, data);
+    PyObject *fed = call_method(st->feed_data, (PyObject *[]){llhttp, data}, 2);
     Py_DECREF(llhttp);
     if (fed != NULL)
         return fed;
@@ -623,7 +623,7 @@ static PyObject *twin_on_headers_complete(conn_state *st, PyObject *owner, PyObj
     Py_ssize_t fields = int_attr(&st->c_fields, PRS(self, limits), st->fields);
     if (fields < 0 || PyList_GET_SIZE(headers) > fields)
         return NULL;
-    PyObject *method = PyObject_CallMethodNoArgs(llhttp, st->get_method);
+    PyObject *method = call_method(st->get_method, &llhttp, 1);
     if (method == NULL || !PyBytes_CheckExact(method)) {
         PyErr_Clear();
         Py_XDECREF(method);
@@ -659,10 +659,10 @@ static PyObject *twin_on_headers_complete(conn_state *st, PyObject *owner, PyObj
     store(&PRS(self, in_head), Py_False);
     store(&PRS(self, in_message), Py_True);
     PyObject *result = NULL;
-    PyObject *keep_alive = PyObject_CallMethodNoArgs(llhttp, st->should_keep_alive);
+    PyObject *keep_alive = call_method(st->should_keep_alive, &llhttp, 1);
     if (keep_alive != NULL) {
         PyObject *call[6] = {sink, name, url, st->http11, headers, keep_alive};
-        result = call_method(st, st->on_request, call, 6);
+        result = call_twin(st, st->on_request, call, 6);
         Py_DECREF(keep_alive);
     }
     Py_DECREF(name);
@@ -720,28 +720,22 @@ static PyObject *twin_call(conn_state *st, Twin *twin, PyObject *obj, PyObject *
 }
 
 /* args[0].name(*args[1:]): straight to the twin where the method is one (no bound
- * object made), or to a method descriptor's vectorcall with args[0] as self (what
- * PyObject_VectorcallMethod does after looking the name up again), else an ordinary
- * method call.  (Objects with a __dict__ could shadow the method: those take the
- * ordinary way, as do classes with a __getattribute__ of their own.) */
-static PyObject *call_method(conn_state *st, PyObject *name, PyObject *const *args,
-                             Py_ssize_t nargs)
+ * object made), else _twins.h's call_method.  (Objects with a __dict__ could shadow
+ * the method: those take the ordinary way.) */
+static PyObject *call_twin(conn_state *st, PyObject *name, PyObject *const *args,
+                           Py_ssize_t nargs)
 {
     PyTypeObject *type = Py_TYPE(args[0]);
     if (type->tp_dictoffset == 0 && type->tp_getattro == PyObject_GenericGetAttr) {
         PyObject *method = _PyType_Lookup(type, name); /* (borrowed) */
-        if (method != NULL && (Py_IS_TYPE(method, st->twin_type) ||
-                               PyType_HasFeature(Py_TYPE(method), Py_TPFLAGS_METHOD_DESCRIPTOR))) {
+        if (method != NULL && Py_IS_TYPE(method, st->twin_type)) {
             Py_INCREF(method);
-            PyObject *result =
-                Py_IS_TYPE(method, st->twin_type)
-                    ? twin_call(st, (Twin *)method, args[0], args + 1, nargs - 1, NULL)
-                    : PyObject_Vectorcall(method, args, nargs, NULL);
+            PyObject *result = twin_call(st, (Twin *)method, args[0], args + 1, nargs - 1, NULL);
             Py_DECREF(method);
             return result;
         }
     }
-    return PyObject_VectorcallMethod(name, args, nargs, NULL);
+    return call_method(name, args, nargs);
 }
 
 static PyObject *bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
@@ -1223,7 +1217,7 @@ static PyObject *twin_python_feed(conn_state *st, PyObject *owner, PyObject *sel
     store(&PYP(self, upgrade), Py_False);
     PyObject *call[6] = {sink, method, PyTuple_GET_ITEM(result, 1), version,
                          PyTuple_GET_ITEM(result, 3), Py_True};
-    done = call_method(st, st->on_request, call, 6);
+    done = call_twin(st, st->on_request, call, 6);
     if (done == NULL)
         goto finish;
     Py_DECREF(done);

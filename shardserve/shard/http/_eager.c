@@ -49,7 +49,7 @@ static inline eager_state *state_of(PyTypeObject *type)
 /* task.cancelling(): 0 or more, or -1 with an error. */
 static Py_ssize_t cancelling(eager_state *st, PyObject *task)
 {
-    PyObject *result = PyObject_CallMethodNoArgs(task, st->cancelling);
+    PyObject *result = call_method(st->cancelling, &task, 1);
     if (result == NULL)
         return -1;
     Py_ssize_t count = PyLong_AsSsize_t(result);

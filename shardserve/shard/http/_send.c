@@ -234,7 +234,7 @@ static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_ta
     }
     Py_INCREF(counters);
     Py_INCREF(transport); /* (held through the call: write may run any code) */
-    PyObject *written = PyObject_CallMethodOneArg(transport, st->write, data);
+    PyObject *written = call_method(st->write, (PyObject *[]){transport, data}, 2);
     Py_DECREF(transport);
     if (written == NULL) {
         Py_DECREF(counters);
@@ -333,7 +333,7 @@ static int fast_body(send_state *st, FastSend *fast, PyObject *cycle, PyObject *
             goto done;
         Py_DECREF(woken);
     }
-    PyObject *finished = PyObject_CallMethodOneArg(conn, st->response_done, cycle);
+    PyObject *finished = call_method(st->response_done, (PyObject *[]){conn, cycle}, 2);
     if (finished == NULL)
         goto done;
     Py_DECREF(finished);

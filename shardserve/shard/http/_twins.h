@@ -66,6 +66,7 @@ static inline int find_slots(slot_table *table, PyObject *type, PyObject **names
  * state (per interpreter); no cache where there is no GIL to guard it. */
 typedef struct {
     unsigned int version; /* 0: nothing cached */
+    int writable;         /* the class sets attributes the generic way too */
     Py_ssize_t offset;
 } attr_cache;
 
@@ -73,16 +74,16 @@ static inline void attr_cache_learn(attr_cache *cache, PyTypeObject *type, PyObj
 {
 #ifndef Py_GIL_DISABLED
     cache->version = 0;
-    if (type->tp_getattro != PyObject_GenericGetAttr ||
-        type->tp_setattro != PyObject_GenericSetAttr)
+    if (type->tp_getattro != PyObject_GenericGetAttr)
         return;
     PyObject *descr = _PyType_Lookup(type, name); /* (borrowed; gives the class a tag) */
     if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
         return;
     PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-    if (member->type == T_OBJECT_EX && !(member->flags & READONLY) &&
-        type->tp_version_tag != 0) {
+    if (member->type == T_OBJECT_EX && type->tp_version_tag != 0) {
         cache->offset = member->offset;
+        cache->writable =
+            type->tp_setattro == PyObject_GenericSetAttr && !(member->flags & READONLY);
         cache->version = type->tp_version_tag;
     }
 #endif
@@ -110,7 +111,7 @@ static inline PyObject *get_attr(attr_cache *cache, PyObject *obj, PyObject *nam
 static inline int set_attr(attr_cache *cache, PyObject *obj, PyObject *name, PyObject *value)
 {
     PyObject **slot = cached_slot(cache, obj);
-    if (slot != NULL) {
+    if (slot != NULL && cache->writable) {
         PyObject *old = *slot;
         *slot = Py_NewRef(value);
         Py_XDECREF(old);
@@ -118,6 +119,26 @@ static inline int set_attr(attr_cache *cache, PyObject *obj, PyObject *name, PyO
     }
     attr_cache_learn(cache, Py_TYPE(obj), name);
     return PyObject_SetAttr(obj, name, value);
+}
+
+/* args[0].name(*args[1:]), as PyObject_VectorcallMethod calls it, without looking the
+ * name up twice: where the object has no __dict__ to shadow the class and the class
+ * finds attributes the generic way, a method descriptor found on the class is called
+ * with args[0] as self. */
+static inline PyObject *call_method(PyObject *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyTypeObject *type = Py_TYPE(args[0]);
+    if (type->tp_dictoffset == 0 && type->tp_getattro == PyObject_GenericGetAttr) {
+        PyObject *method = _PyType_Lookup(type, name); /* (borrowed) */
+        if (method != NULL &&
+            PyType_HasFeature(Py_TYPE(method), Py_TPFLAGS_METHOD_DESCRIPTOR)) {
+            Py_INCREF(method);
+            PyObject *result = PyObject_Vectorcall(method, args, nargs, NULL);
+            Py_DECREF(method);
+            return result;
+        }
+    }
+    return PyObject_VectorcallMethod(name, args, nargs, NULL);
 }
 
 /* Store a new reference in a slot (what the member descriptor's setter does). */
