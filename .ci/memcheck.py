@@ -35,7 +35,8 @@ with tempfile.TemporaryDirectory() as tmp:
          python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py",
          "tests/test_eager_twin.py", "tests/test_conn_twins.py",
-         "tests/test_parser_twins.py", "tests/test_attr_cache.py"],
+         "tests/test_parser_twins.py", "tests/test_attr_cache.py",
+         "tests/test_fast_send_socket.py"],
         env=env,
     )  # fmt: skip
     with open(log, encoding="utf-8", errors="replace") as file:

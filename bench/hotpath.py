@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.apps import plaintext  # noqa: E402
 from shardserve.config import Config  # noqa: E402
 from shardserve.shard.http.protocol import HttpConnection  # noqa: E402
-from shardserve.shard.server import new_event_loop  # noqa: E402
+from shardserve.shard.loop import new_event_loop  # noqa: E402
 from shardserve.shard.state import ShardState  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"

@@ -33,7 +33,7 @@ from bench.apps import plaintext  # noqa: E402
 from bench.hotpath import MemoryTransport  # noqa: E402
 from shardserve.config import Config  # noqa: E402
 from shardserve.shard.h2.connection import H2Connection  # noqa: E402
-from shardserve.shard.server import new_event_loop  # noqa: E402
+from shardserve.shard.loop import new_event_loop  # noqa: E402
 from shardserve.shard.state import ShardState  # noqa: E402
 
 HEADERS = [

@@ -35,6 +35,9 @@ SYSTEMD_VARIABLES = (
 
 # Parser back-ends every HTTP behaviour test runs against.
 BACKENDS = ["httptools", "python", "h11"]
+# The event loop of every server a test starts without --loop (default: shardserve's
+# own choice, uvloop here); SHARDSERVE_TEST_LOOP=asyncio runs them on stdlib asyncio.
+TEST_LOOP = os.environ.get("SHARDSERVE_TEST_LOOP", "")
 
 
 class Server:
@@ -201,6 +204,8 @@ class ServerFactory:
         if port:
             argv += ["--port", "0"]
         argv += list(args)
+        if TEST_LOOP and "--loop" not in args:  # (CI runs the HTTP tests on both loops)
+            argv += ["--loop", TEST_LOOP]
         if fd_limit is not None:
             argv = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$@"', "sh", *argv]
         full_env = dict(os.environ)

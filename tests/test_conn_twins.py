@@ -47,7 +47,7 @@ from shardserve.shard.http.protocol import (
     READING_HEAD,
     HttpConnection,
 )
-from shardserve.shard.server import new_event_loop
+from shardserve.shard.loop import new_event_loop
 from shardserve.shard.state import ShardCounters, ShardState
 
 try:

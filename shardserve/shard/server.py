@@ -23,6 +23,7 @@ from .accept import Listener
 from .http.parser import resolve_backend
 from .http.protocol import HttpConnection
 from .lifespan import Lifespan
+from .loop import new_event_loop
 from .state import ShardState
 
 logger = logging.getLogger("shardserve.error")
@@ -39,18 +40,6 @@ class ShardReport:
     index: int
     counters: dict[str, int] = field(default_factory=dict)
     exit_code: int = 0
-
-
-def new_event_loop(loop: str) -> asyncio.AbstractEventLoop:
-    if loop in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 class Shard:

@@ -3,7 +3,8 @@
  * that completes it.
  *
  * FastSend(reference, owner, connection_class, counters_class, status_lines, rendered,
- * close_line) is a descriptor put in place of RequestCycle.send: ``cycle.send`` gives a bound sender.  Calling it
+ * close_line, socket_transport=None) is a descriptor put in place of RequestCycle.send:
+ * ``cycle.send`` gives a bound sender.  Calling it
  * with a message does what the reference would (same bytes written, same attributes
  * set on the cycle, the same calls to the connection) when the message is one it
  * takes, and returns an awaitable that is already done.  For anything else (another
@@ -12,6 +13,9 @@
  * trailers, any error) it returns ``reference(cycle, message)``: the reference's own
  * coroutine, so every rule and every error message has one implementation, in Python.
  * Nothing is changed before it decides.
+ *
+ * A response for a transport of class socket_transport (loop.py's LeanSocketTransport)
+ * is sent as that class's write would send it (send_now), without calling it.
  *
  * Header lines come from the reference's own cache (response.py's _rendered: header
  * tuple -> (line, kind, argument)), which only the reference fills: a header is
@@ -24,7 +28,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "_twins.h"
 
@@ -54,7 +60,10 @@ enum { COUNTER_SLOTS(ENUMERATE) N_COUNTER };
 /* Other names: attributes, methods and message keys. */
 #define NAMES(X)                                                                           \
     CYCLE_SLOTS(X) CONN_SLOTS(X) COUNTER_SLOTS(X) X(default_headers) X(write) X(wake)      \
-    X(response_done) X(type) X(headers) X(body) X(more_body) X(method) X(http_version)
+    X(response_done) X(type) X(headers) X(body) X(more_body) X(method) X(http_version)     \
+    TRANSPORT_NAMES(X)
+/* LeanSocketTransport's attributes (loop.py), read in send_now as its write reads them. */
+#define TRANSPORT_NAMES(X) X(_buffer) X(_conn_lost) X(_eof) X(_empty_waiter) X(_sock_fd)
 
 typedef struct {
 #define FIELD(name) PyObject *name;
@@ -80,6 +89,7 @@ typedef struct {
     slot_table cycle;       /* of the one class taken fast (not its subclasses) */
     slot_table conn;        /* of its connection class (HttpConnection) */
     slot_table counters;    /* of the counters class (ShardCounters) */
+    PyTypeObject *socket_transport; /* loop.py's LeanSocketTransport, or NULL */
 } FastSend;
 
 /* A sender bound to one cycle. */
@@ -222,6 +232,37 @@ error:
     return -1;
 }
 
+/* LeanSocketTransport.write's own fast case (loop.py), without its Python frame:
+ * when the transport has nothing buffered and is open, one send(2) on its socket.
+ * Returns the bytes sent (0 if the transport must take them all: not open, data
+ * buffered, the socket full, any error, which its write meets again and reports),
+ * or -1 with an error set. */
+static Py_ssize_t send_now(send_state *st, PyObject *transport, PyObject *data)
+{
+    PyObject *attributes = PyObject_GenericGetDict(transport, NULL);
+    if (attributes == NULL)
+        return -1;
+    Py_ssize_t sent = 0;
+    PyObject *buffer = item(attributes, st->_buffer);
+    PyObject *fd = item(attributes, st->_sock_fd);
+    if (buffer == NULL || fd == NULL || item(attributes, st->_eof) != Py_False ||
+        item(attributes, st->_empty_waiter) != Py_None ||
+        small_int(item(attributes, st->_conn_lost)) != 0)
+        goto done;
+    Py_ssize_t buffered = PyObject_Length(buffer);
+    long descriptor = small_int(fd);
+    if (buffered != 0 || descriptor < 0) {
+        PyErr_Clear();
+        goto done;
+    }
+    Py_ssize_t n = send((int)descriptor, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                        MSG_NOSIGNAL);
+    sent = n < 0 ? 0 : n;
+done:
+    Py_DECREF(attributes);
+    return sent;
+}
+
 /* conn.transport.write(data); conn.counters.bytes_out += len(data) */
 static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_table *cn,
                          PyObject *data)
@@ -234,13 +275,26 @@ static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_ta
     }
     Py_INCREF(counters);
     Py_INCREF(transport); /* (held through the call: write may run any code) */
-    PyObject *written = call_method(st->write, (PyObject *[]){transport, data}, 2);
-    Py_DECREF(transport);
-    if (written == NULL) {
-        Py_DECREF(counters);
-        return -1;
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    Py_ssize_t sent = Py_TYPE(transport) == fast->socket_transport
+                          ? send_now(st, transport, data)
+                          : 0;
+    if (sent < length) {
+        PyObject *rest = sent <= 0 ? Py_NewRef(data)
+                                   : PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + sent,
+                                                               length - sent);
+        PyObject *written =
+            rest == NULL || sent < 0 ? NULL
+                                     : call_method(st->write, (PyObject *[]){transport, rest}, 2);
+        Py_XDECREF(rest);
+        if (written == NULL) {
+            Py_DECREF(transport);
+            Py_DECREF(counters);
+            return -1;
+        }
+        Py_DECREF(written);
     }
-    Py_DECREF(written);
+    Py_DECREF(transport);
     slot_table *ct = &fast->counters; /* (its class checked before this was taken) */
     PyObject *total = SLOT(counters, *ct, bytes_out);
     if (total == NULL) {
@@ -249,7 +303,7 @@ static int write_counted(send_state *st, FastSend *fast, PyObject *conn, slot_ta
         return -1;
     }
     int result = -1;
-    PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(data));
+    PyObject *size = PyLong_FromSsize_t(length);
     PyObject *sum = size == NULL ? NULL : PyNumber_Add(total, size);
     if (sum != NULL) {
         store(&SLOT(counters, *ct, bytes_out), sum);
@@ -473,14 +527,19 @@ static PyType_Spec bound_spec = {
 static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *reference, *owner, *connection_class, *counters_class, *status_lines, *rendered,
-        *close_line;
+        *close_line, *socket_transport = Py_None;
     static char *keywords[] = {"reference",    "owner",    "connection_class", "counters_class",
-                               "status_lines", "rendered", "close_line",       NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!O!O!:FastSend", keywords, &reference,
+                               "status_lines", "rendered", "close_line",       "socket_transport",
+                               NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO!O!O!|O:FastSend", keywords, &reference,
                                      &owner, &connection_class, &counters_class, &PyDict_Type,
                                      &status_lines, &PyDict_Type, &rendered, &PyBytes_Type,
-                                     &close_line))
+                                     &close_line, &socket_transport))
         return NULL;
+    if (socket_transport != Py_None && !PyType_Check(socket_transport)) {
+        PyErr_SetString(PyExc_TypeError, "socket_transport must be a class or None");
+        return NULL;
+    }
     send_state *st = state_of(type);
     PyObject *cycle_names[N_CYCLE] = {
 #define NAME(name) st->name,
@@ -495,6 +554,8 @@ static PyObject *fast_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->status_lines = Py_NewRef(status_lines);
     self->rendered = Py_NewRef(rendered);
     self->close_line = Py_NewRef(close_line);
+    self->socket_transport =
+        socket_transport == Py_None ? NULL : (PyTypeObject *)Py_NewRef(socket_transport);
     if (find_slots(&self->cycle, owner, cycle_names, N_CYCLE) < 0 ||
         find_slots(&self->conn, connection_class, conn_names, N_CONN) < 0 ||
         find_slots(&self->counters, counters_class, counter_names, N_COUNTER) < 0) {
@@ -529,6 +590,7 @@ static int fast_traverse(FastSend *self, visitproc visit, void *arg)
     Py_VISIT(self->status_lines);
     Py_VISIT(self->rendered);
     Py_VISIT(self->close_line);
+    Py_VISIT(self->socket_transport);
     return 0;
 }
 
@@ -541,6 +603,7 @@ static int fast_clear(FastSend *self)
     Py_CLEAR(self->status_lines);
     Py_CLEAR(self->rendered);
     Py_CLEAR(self->close_line);
+    Py_CLEAR(self->socket_transport);
     return 0;
 }
 

@@ -389,6 +389,7 @@ def install_compiled_send(connection_class: type) -> None:
     calls this once HttpConnection, the connection class it takes, is defined)."""
     module = compiled.load("_send")
     if module is not None:
+        from ..loop import LeanSocketTransport
         from ..state import ShardCounters
 
         RequestCycle.send = module.FastSend(
@@ -399,4 +400,5 @@ def install_compiled_send(connection_class: type) -> None:
             STATUS_LINES,
             _rendered,
             _CLOSE,
+            LeanSocketTransport,
         )
