@@ -16,6 +16,6 @@ setup(
             optional=True,  # no compiler, no headers: install anyway, pure Python
             extra_compile_args=COMPILE_ARGS,
         )
-        for name in ("_head", "_send", "_scope", "_eager", "_conn")
+        for name in ("_head", "_send", "_scope", "_eager", "_conn", "_transport")
     ]
 )

@@ -36,7 +36,7 @@ with tempfile.TemporaryDirectory() as tmp:
          "tests/test_head_split.py", "tests/test_fast_send.py", "tests/test_scope_twins.py",
          "tests/test_eager_twin.py", "tests/test_conn_twins.py",
          "tests/test_parser_twins.py", "tests/test_attr_cache.py",
-         "tests/test_fast_send_socket.py"],
+         "tests/test_fast_send_socket.py", "tests/test_lean_transport.py"],
         env=env,
     )  # fmt: skip
     with open(log, encoding="utf-8", errors="replace") as file:
@@ -46,7 +46,9 @@ blocks = re.split(r"\n==\d+== \n", text)
 errors = [
     b for b in blocks if re.search(r"==\d+== (Invalid|Conditional|Use of|Syscall|Mismatched)", b)
 ]
-OURS = re.compile(r"_(head|send|scope|eager|conn)\.c|/_(head|send|scope|eager|conn)\.cpython")
+OURS = re.compile(
+    r"_(head|send|scope|eager|conn|transport)\.c|/_(head|send|scope|eager|conn|transport)\.cpython"
+)
 
 
 def in_our_code(block: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_scope_twins import Counting
 
 from shardserve.config import Config
 from shardserve.messages import LATENCY_BUCKETS
@@ -34,16 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Counting:
-    def __init__(self, function) -> None:
-        self.function = function
-        self.calls = 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        return self.function(*args)
 
 
 class AccessLog:

@@ -14,7 +14,12 @@ import struct
 
 import pytest
 
-from shardserve.shard.loop import LeanEventLoop, LeanSocketTransport, new_event_loop
+from shardserve.shard.loop import (
+    LeanEventLoop,
+    LeanSocketTransport,
+    compiled_read_ready,
+    new_event_loop,
+)
 
 pytestmark = pytest.mark.timeout(30)
 WAIT = 5.0  # seconds any single wait may take
@@ -80,8 +85,21 @@ class Buffered(Record, asyncio.BufferedProtocol):
 
 
 def reader_callback(transport):
-    """The callback the loop's selector calls when the transport's socket is readable."""
-    return transport._loop._selector.get_key(transport._sock_fd).data[0]._callback
+    """The callback the loop's selector calls when the transport's socket is readable,
+    and its arguments."""
+    handle = transport._loop._selector.get_key(transport._sock_fd).data[0]
+    return handle._callback, handle._args
+
+
+def plain_reader(transport):
+    """The read callback for a plain protocol: _transport.c's where it is built."""
+    if compiled_read_ready is not None:
+        return compiled_read_ready, (transport,)
+    return transport._read_ready__data_received, ()
+
+
+def buffered_reader(transport):
+    return transport._read_ready__get_buffer, ()
 
 
 def loopback(rcvbuf=None):
@@ -137,8 +155,8 @@ def test_plain_tcp_transports_are_lean_and_register_read_cb():
             )
             assert type(transport) is LeanSocketTransport
             # CPython's own transport registers _read_ready, which only calls this:
-            assert reader_callback(transport) == transport._read_ready_cb
-            assert reader_callback(transport) == transport._read_ready__data_received
+            assert reader_callback(transport) == transport.reader()
+            assert reader_callback(transport) == plain_reader(transport)
             transport.close()
             await asyncio.wait_for(client.lost, WAIT)
 
@@ -180,7 +198,7 @@ def test_tls_transports_are_cpythons(via_start_tls):
             await asyncio.to_thread(client.do_handshake)
             tls = await asyncio.wait_for(upgrade, WAIT)
             if via_start_tls:
-                assert reader_callback(raw) == raw._read_ready__get_buffer
+                assert reader_callback(raw) == buffered_reader(raw)
             else:
                 tls = tls[0]
             assert not isinstance(tls, LeanSocketTransport)
@@ -289,7 +307,7 @@ def test_reading_pausing_resuming_and_eof():
             await asyncio.sleep(0.05)
             assert protocol.data == b"abc"
             transport.resume_reading()  # CPython passes _read_ready: the lean one is kept
-            assert reader_callback(transport) == transport._read_ready_cb
+            assert reader_callback(transport) == transport.reader()
             assert await protocol.received(6) == b"abcdef"
             peer.shutdown(socket.SHUT_WR)
             assert await asyncio.wait_for(protocol.lost, WAIT) is None  # eof_received: None
@@ -307,20 +325,20 @@ def test_set_protocol_switches_the_read_method():
             assert await first.received(3) == b"one"
 
             transport.set_protocol(second)  # to buffered, while reading
-            assert reader_callback(transport) == transport._read_ready__get_buffer
+            assert reader_callback(transport) == buffered_reader(transport)
             await loop.sock_sendall(peer, b"two")
             assert await second.received(3) == b"two"
             assert second.gets >= 2  # the 2-byte buffer took more than one read
 
             transport.set_protocol(third)  # back to plain, while reading
-            assert reader_callback(transport) == transport._read_ready__data_received
+            assert reader_callback(transport) == plain_reader(transport)
             await loop.sock_sendall(peer, b"three")
             assert await third.received(5) == b"three"
 
             transport.pause_reading()  # while paused: registered again on resume
             transport.set_protocol(fourth)
             transport.resume_reading()
-            assert reader_callback(transport) == transport._read_ready__get_buffer
+            assert reader_callback(transport) == buffered_reader(transport)
             await loop.sock_sendall(peer, b"four")
             assert await fourth.received(4) == b"four"
             assert (first.data, second.data, third.data) == (b"one", b"two", b"three")
@@ -348,3 +366,114 @@ def test_transport_on_a_socket_that_already_has_a_reader():
             await asyncio.wait_for(protocol.lost, WAIT)
 
     run(main)
+
+
+def test_get_debug_and_is_running_follow_the_loop():
+    loop = new_event_loop("asyncio")
+    try:
+        assert isinstance(loop, LeanEventLoop)
+        assert loop.get_debug() is False and loop.is_running() is False
+        loop.set_debug(True)
+        assert loop.get_debug() is True
+        loop.set_debug(False)
+        assert loop.get_debug() is False
+
+        async def inside() -> tuple[bool, bool]:
+            return loop.is_running(), asyncio.get_running_loop() is loop
+
+        assert loop.run_until_complete(inside()) == (True, True)
+        assert loop.is_running() is False
+    finally:
+        loop.close()
+
+
+def test_cancelled_readers_are_dropped_and_live_ones_run():
+    calls: list = []
+    loop = new_event_loop("asyncio")
+    left, right = socket.socketpair()
+    try:
+        loop.add_reader(left.fileno(), calls.append, "read")
+        right.send(b"x")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert calls and set(calls) == {"read"}
+        # A reader cancelled behind the loop's back (its handle, not remove_reader):
+        # the next event removes it instead of running it.
+        key = loop._selector.get_key(left.fileno())
+        key.data[0].cancel()
+        calls.clear()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert calls == []
+        with pytest.raises(KeyError):
+            loop._selector.get_key(left.fileno())
+    finally:
+        loop.close()
+        left.close()
+        right.close()
+
+
+class Events(asyncio.Protocol):
+    """Every call a transport makes to its protocol, in order; fails on b"boom"."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.changed = asyncio.Event()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def note(self, event) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    def connection_made(self, transport) -> None:
+        self.note("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.note(("data", data))
+        if data == b"boom":
+            raise ValueError("boom")
+
+    def eof_received(self) -> None:
+        self.note("eof")
+
+    def connection_lost(self, exc) -> None:
+        self.note(("lost", type(exc).__name__ if exc is not None else None))
+        self.lost.set_result(None)
+
+
+def read_path(loop_factory, ending: str) -> tuple[list, list]:
+    """(protocol events, loop error messages) of one connection whose peer sends b"hi",
+    then ends it: ``boom`` (the protocol raises), ``reset`` or ``eof``."""
+    errors: list = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: errors.append(context["message"]))
+        sock, peer = loopback()
+        with sock, peer:
+            protocol = Events()
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            peer.send(b"hi")
+            while ("data", b"hi") not in protocol.events:
+                protocol.changed.clear()
+                await asyncio.wait_for(protocol.changed.wait(), WAIT)
+            if ending == "boom":
+                peer.send(b"boom")
+            elif ending == "reset":
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                peer.close()
+            else:
+                peer.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(protocol.lost, WAIT)
+            transport.close()
+            return protocol.events
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        events = runner.run(main())
+    return events, errors
+
+
+@pytest.mark.parametrize("ending", ["boom", "reset", "eof"])
+def test_the_read_path_does_what_cpythons_does(ending):
+    lean = read_path(lambda: new_event_loop("asyncio"), ending)
+    cpython = read_path(asyncio.SelectorEventLoop, ending)
+    assert lean == cpython
+    assert lean[0][:2] == ["made", ("data", b"hi")]

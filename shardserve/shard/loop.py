@@ -10,18 +10,31 @@ request than uvloop's, most of it Python run for every read and every write:
   memoryview and a slice of it even when ``send`` took everything.
 
 ``LeanSocketTransport`` changes only those two paths.  Its loop registers the read
-callback itself (one call less per read), and ``write`` hands bytes straight to
+callback itself (one call less per read; for a plain protocol, where it is built, the
+C twin of CPython's method, ``_transport.c``), and ``write`` hands bytes straight to
 ``send`` when nothing is buffered, going to the stdlib ``write`` for everything else
 (buffered data, a partial send, closing, any other type), so flow control, errors
-and buffering stay CPython's.  TLS transports are CPython's own.
+and buffering stay CPython's.  TLS transports are CPython's own.  ``LeanEventLoop``
+saves a few more Python calls per request: one per ready socket to ``_add_callback``,
+and the C Task's to ``get_debug`` and ``is_running``, which become attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import selectors
 import socket
 from asyncio import selector_events
+from collections.abc import Callable
 from typing import Any
+
+from .http import compiled
+
+# The read method CPython's transport uses for a plain protocol, and its C twin
+# (_transport.c's read_ready), or None to use it as it is.
+PLAIN_READ = selector_events._SelectorSocketTransport._read_ready__data_received
+_transport = compiled.load("_transport")
+compiled_read_ready = None if _transport is None else _transport.read_ready
 
 
 def new_event_loop(loop: str) -> asyncio.AbstractEventLoop:
@@ -40,10 +53,19 @@ def new_event_loop(loop: str) -> asyncio.AbstractEventLoop:
 class LeanSocketTransport(selector_events._SelectorSocketTransport):
     """CPython's plain-TCP transport with a shorter read and write (module docstring)."""
 
+    def reader(self) -> tuple[Callable[..., object], tuple]:
+        """The read callback and its arguments: the read method set_protocol chose
+        (for a plain protocol, its C twin where _transport.c is built)."""
+        method = self._read_ready_cb
+        if compiled_read_ready is not None and getattr(method, "__func__", None) is PLAIN_READ:
+            return compiled_read_ready, (self,)
+        return method, ()
+
     def _add_reader(self, fd: int, callback: Any, *args: Any) -> None:
         # Every reader this transport adds is its read path: register the method that
-        # reads (chosen by set_protocol) rather than _read_ready, which only calls it.
-        super()._add_reader(fd, self._read_ready_cb)
+        # reads rather than _read_ready, which only calls it.
+        callback, args = self.reader()
+        super()._add_reader(fd, callback, *args)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         super().set_protocol(protocol)
@@ -55,9 +77,9 @@ class LeanSocketTransport(selector_events._SelectorSocketTransport):
             key = self._loop._selector.get_key(self._sock_fd)
         except (KeyError, ValueError, AttributeError):
             return
-        reader = key.data[0]
-        if reader is not None and reader._callback != self._read_ready_cb:
-            self._add_reader(self._sock_fd, self._read_ready_cb)
+        handle = key.data[0]
+        if handle is not None and (handle._callback, handle._args) != self.reader():
+            self._add_reader(self._sock_fd, None)
 
     def write(self, data: Any) -> None:
         if (
@@ -83,7 +105,40 @@ class LeanSocketTransport(selector_events._SelectorSocketTransport):
 
 
 class LeanEventLoop(asyncio.SelectorEventLoop):
-    """Stdlib asyncio's loop, making LeanSocketTransports for plain TCP."""
+    """Stdlib asyncio's loop, making LeanSocketTransports for plain TCP, with two
+    per-request Python frames fewer (module docstring)."""
+
+    # The C Task asks its loop get_debug() as it is made and is_running() as it starts
+    # eagerly (3.12+), once each per request: as attributes holding a C callable, set
+    # where the values change, they run no Python frame.
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        self.get_debug = True.__bool__ if self._debug else False.__bool__
+
+    def _run_forever_setup(self) -> None:  # (3.12+; 3.11 keeps the method)
+        super()._run_forever_setup()
+        self.is_running = True.__bool__
+
+    def _run_forever_cleanup(self) -> None:
+        super()._run_forever_cleanup()
+        self.is_running = False.__bool__
+
+    def _process_events(self, event_list: list) -> None:
+        # As CPython's, with the ready handles appended here rather than through a
+        # call to _add_callback for each (which checks _cancelled a second time).
+        ready = self._ready
+        for key, mask in event_list:
+            reader, writer = key.data
+            if reader is not None and mask & selectors.EVENT_READ:
+                if reader._cancelled:
+                    self._remove_reader(key.fileobj)
+                else:
+                    ready.append(reader)
+            if writer is not None and mask & selectors.EVENT_WRITE:
+                if writer._cancelled:
+                    self._remove_writer(key.fileobj)
+                else:
+                    ready.append(writer)
 
     def _make_socket_transport(
         self,

@@ -4,10 +4,10 @@
  *
  * FastSend(reference, owner, connection_class, counters_class, status_lines, rendered,
  * close_line, socket_transport=None) is a descriptor put in place of RequestCycle.send:
- * ``cycle.send`` gives a bound sender.  Calling it
- * with a message does what the reference would (same bytes written, same attributes
- * set on the cycle, the same calls to the connection) when the message is one it
- * takes, and returns an awaitable that is already done.  For anything else (another
+ * ``cycle.send`` gives a bound sender.  Calling it with a message does what the
+ * reference would (same bytes written, same attributes set on the cycle, the same
+ * calls to the connection) when the message is one it takes, and returns an awaitable
+ * that is already done.  For anything else (another
  * class, a paused or closed connection, a status or header not rendered before, no
  * Content-Length, HEAD, HTTP/1.0, a body that does not complete the response,
  * trailers, any error) it returns ``reference(cycle, message)``: the reference's own
@@ -28,7 +28,6 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 
