@@ -1,7 +1,7 @@
 """The compiled modules (optional): shardserve runs without them, on the pure-Python
-reference each mirrors (shardserve/shard/http/head.py, cycle.py, scope.py, eager.py and
-protocol.py say which and why).  Each is built on its own: one that fails to build
-leaves the rest."""
+reference each mirrors (shardserve/shard/http/head.py, cycle.py, scope.py, eager.py,
+protocol.py and shardserve/shard/loop.py say which and why).  Each is built on its own:
+one that fails to build leaves the rest."""
 
 from setuptools import Extension, setup
 
