@@ -44,12 +44,10 @@ class CountingWrites:
 
     def __init__(self, monkeypatch) -> None:
         self.calls = 0
-        self.bytes = 0
         original = LeanSocketTransport.write
 
         def write(transport, data):
             self.calls += 1
-            self.bytes += len(data)
             original(transport, data)
 
         monkeypatch.setattr(LeanSocketTransport, "write", write)

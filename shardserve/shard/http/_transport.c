@@ -120,10 +120,10 @@ static PyObject *read_ready(PyObject *module, PyObject *transport)
         result = fatal_error(st, transport, st->protocol_error);
 done:
     Py_DECREF(attributes);
-    if (result != NULL && result != Py_None) {
-        Py_SETREF(result, Py_NewRef(Py_None));
-    }
-    return result;
+    if (result == NULL)
+        return NULL;
+    Py_DECREF(result); /* (None, as the reference returns, whatever the calls returned) */
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef transport_methods[] = {
